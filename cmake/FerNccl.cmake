@@ -1,0 +1,21 @@
+# Resolves FER_WITH_NCCL (AUTO|ON|OFF) to FER_HAVE_NCCL. The NCCL backend needs only the CUDA
+# runtime API and nccl.h, so it builds next to Debian's CPU-only LibTorch.
+set(FER_HAVE_NCCL OFF)
+if(NOT FER_WITH_NCCL STREQUAL "OFF")
+  find_package(CUDAToolkit QUIET)
+  find_path(NCCL_INCLUDE_DIR nccl.h HINTS ${CUDAToolkit_INCLUDE_DIRS} /usr/local/cuda/include)
+  find_library(NCCL_LIBRARY nccl HINTS ${CUDAToolkit_LIBRARY_DIR} /usr/local/cuda/lib64)
+  if(CUDAToolkit_FOUND AND NCCL_INCLUDE_DIR AND NCCL_LIBRARY)
+    set(FER_HAVE_NCCL ON)
+    add_library(fer_nccl INTERFACE)
+    target_include_directories(fer_nccl SYSTEM INTERFACE ${NCCL_INCLUDE_DIR})
+    target_link_libraries(fer_nccl INTERFACE ${NCCL_LIBRARY} CUDA::cudart)
+    target_compile_definitions(fer_nccl INTERFACE FER_HAVE_NCCL=1)
+    message(STATUS "fer: NCCL backend ON (${NCCL_LIBRARY}, CUDA ${CUDAToolkit_VERSION})")
+  elseif(FER_WITH_NCCL STREQUAL "ON")
+    message(FATAL_ERROR "FER_WITH_NCCL=ON but the CUDA toolkit or NCCL was not found "
+                        "(looked in the standard CUDA location). Use -DFER_WITH_NCCL=AUTO or OFF.")
+  else()
+    message(STATUS "fer: NCCL backend OFF (CUDA toolkit or NCCL not found)")
+  endif()
+endif()
