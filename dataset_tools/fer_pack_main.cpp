@@ -1,6 +1,7 @@
 // fer-pack: ImageFolder trees or Kaggle's fer2013.csv -> dataset format v1 (sharded HDF5 +
 // manifest.json); `verify` and `inspect` for packed datasets. Flags only: the work is in pack*.cpp.
 #include <CLI/CLI.hpp>
+#include <opencv2/core/utils/logger.hpp>
 #include <spdlog/spdlog.h>
 
 #include <cstdio>
@@ -212,6 +213,8 @@ int main(int argc, char** argv) {
     LogOptions log_options;
     log_options.level = log_level;
     init_logging(log_options);
+    // Bad files are reported once by fer-pack itself; OpenCV's own chatter adds nothing.
+    cv::utils::logging::setLogLevel(cv::utils::logging::LOG_LEVEL_SILENT);
     install_cancel_handlers();
     if (folder->parsed()) return run_pack(folder_flags, false);
     if (csv->parsed()) return run_pack(csv_flags, true);

@@ -1,5 +1,6 @@
 #include "pack.h"
 
+#include <opencv2/core.hpp>
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
@@ -56,6 +57,7 @@ class DecodeRing {
 
   // Blocks until position p is decoded. Throws fer::Interrupted on Ctrl-C.
   const Slot& wait(std::size_t p) {
+    throw_if_cancelled();
     std::unique_lock<std::mutex> lock(mutex_);
     Slot& slot = slots_[p % slots_.size()];
     while (!slot.ready) {
@@ -255,6 +257,9 @@ PackResult pack_dataset(const PackSource& source, const SplitPlan& plan, const P
   const int threads = options.threads > 0
                           ? options.threads
                           : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+
+  // Parallelism comes from our decode threads; OpenCV's own pool would oversubscribe the cores.
+  cv::setNumThreads(0);
 
   ScopedTempDir temp(out);
   Manifest manifest;

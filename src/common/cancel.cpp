@@ -29,6 +29,7 @@ void install_cancel_handlers() {
 
 bool cancel_requested() { return g_cancel != 0; }
 void request_cancel() { g_cancel = 1; }
+void clear_cancel() { g_cancel = 0; }
 void throw_if_cancelled() {
   if (g_cancel) throw Interrupted();
 }

@@ -9,6 +9,8 @@ void install_cancel_handlers();
 bool cancel_requested();
 // Sets the flag as a signal would (tests and fault injection).
 void request_cancel();
+// Clears the flag (tests that cancel on purpose).
+void clear_cancel();
 // Throws fer::Interrupted when cancellation was requested.
 void throw_if_cancelled();
 

@@ -66,7 +66,9 @@ std::string manifest_to_json(const Manifest& m) {
          {"splits", splits},
          {"source", {{"kind", m.source_kind}, {"path", m.source_path}}},
          {"packer", {{"name", "fer-pack"}, {"version", m.packer_version}, {"args", m.packer_args}}}};
-  return j.dump(2) + "\n";
+  // Class names and paths come from folder names, which need not be UTF-8: invalid bytes are
+  // replaced (U+FFFD) rather than failing the whole pack.
+  return j.dump(2, ' ', false, json::error_handler_t::replace) + "\n";
 }
 
 Manifest parse_manifest(const std::string& text, const std::string& source) {

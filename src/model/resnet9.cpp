@@ -1,1 +1,56 @@
-// wip
+#include "model/resnet9.h"
+
+#include <torch/torch.h>
+
+#include <cmath>
+
+namespace fer {
+namespace {
+
+ConvBlock conv_block(int in, int out, bool pool) { return ConvBlock(in, out, pool); }
+
+}  // namespace
+
+ConvBlockImpl::ConvBlockImpl(int in_channels, int out_channels, bool pool) : pool_(pool) {
+  // Registered as "0" and "1" so parameter names match the reference's nn.Sequential.
+  conv_ = register_module(
+      "0", torch::nn::Conv2d(torch::nn::Conv2dOptions(in_channels, out_channels,
+                                                      /*kernel_size=*/3)
+                                 .padding(1)));
+  bn_ = register_module("1", torch::nn::BatchNorm2d(out_channels));
+}
+
+torch::Tensor ConvBlockImpl::forward(torch::Tensor x) {
+  x = bn_->forward(conv_->forward(x));
+  x.relu_();
+  return pool_ ? torch::max_pool2d(x, /*kernel_size=*/{2, 2}) : x;
+}
+
+int scaled_width(int base, double width) {
+  return std::max(1, static_cast<int>(std::nearbyint(base * width)));
+}
+
+ResNet9Impl::ResNet9Impl(const ResNet9Options& options) : options_(options) {
+  const auto w = [&](int c) { return scaled_width(c, options.width); };
+  conv1_ = register_module("conv1", conv_block(options.in_channels, w(64), false));
+  conv2_ = register_module("conv2", conv_block(w(64), w(128), true));
+  res1_ = register_module("res1", torch::nn::Sequential(conv_block(w(128), w(128), false),
+                                                        conv_block(w(128), w(128), false)));
+  conv3_ = register_module("conv3", conv_block(w(128), w(256), true));
+  conv4_ = register_module("conv4", conv_block(w(256), w(512), true));
+  res2_ = register_module("res2", torch::nn::Sequential(conv_block(w(512), w(512), false),
+                                                        conv_block(w(512), w(512), false)));
+  dropout_ = register_module("dropout", torch::nn::Dropout(options.dropout));
+  classifier_ = register_module("classifier", torch::nn::Linear(w(512), options.num_classes));
+}
+
+torch::Tensor ResNet9Impl::forward(torch::Tensor x) {
+  x = conv2_->forward(conv1_->forward(x));
+  x = res1_->forward(x) + x;
+  x = conv4_->forward(conv3_->forward(x));
+  x = res2_->forward(x) + x;
+  x = torch::amax(x, {2, 3});  // global max-pool + flatten
+  return classifier_->forward(dropout_->forward(x));
+}
+
+}  // namespace fer
