@@ -15,3 +15,7 @@ if(FER_SANITIZE)
   add_link_options(-fsanitize=${_fer_san})
   message(STATUS "fer: sanitizers ${_fer_san}")
 endif()
+
+# Link only the shared libraries a binary really uses: HDF5 and OpenCV drag in dozens that the
+# tools never call, and each one costs start-up time (symbol lookup) on every run.
+add_link_options(LINKER:--as-needed)

@@ -4,6 +4,7 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <condition_variable>
@@ -133,12 +134,21 @@ struct PixelStats {
   explicit PixelStats(int channels) : sum(channels, 0), sum_sq(channels, 0) {}
 
   void add(const std::uint8_t* image, std::size_t pixels, int channels) {
-    std::vector<std::uint64_t> s(channels, 0), q(channels, 0);
-    for (std::size_t i = 0; i < pixels; ++i) {
-      for (int c = 0; c < channels; ++c) {
-        const std::uint64_t v = image[i * channels + c];
-        s[c] += v;
-        q[c] += v * v;
+    // Per-image sums fit in 64 bits (pixels * 255^2 < 2^64 for any image this tool accepts).
+    std::uint64_t s[3] = {0, 0, 0}, q[3] = {0, 0, 0};
+    if (channels == 1) {
+      for (std::size_t i = 0; i < pixels; ++i) {
+        const std::uint32_t v = image[i];
+        s[0] += v;
+        q[0] += v * v;
+      }
+    } else {
+      for (std::size_t i = 0; i < pixels; ++i) {
+        for (int c = 0; c < channels; ++c) {
+          const std::uint32_t v = image[i * channels + c];
+          s[c] += v;
+          q[c] += v * v;
+        }
       }
     }
     for (int c = 0; c < channels; ++c) {
@@ -177,6 +187,35 @@ void validate(const PackOptions& o) {
   FER_CHECK(o.shard_mb > 0.0, ConfigError, "--shard-mb must be > 0");
   FER_CHECK(o.threads >= 0 && o.threads <= 1024, ConfigError, "--threads must be 0..1024");
   FER_CHECK(o.compress >= 0 && o.compress <= 9, ConfigError, "--compress must be 0..9");
+}
+
+// Fills every shard's checksum (and syncs it to disk) on `threads` threads: hashing is the one
+// serial pass over all written bytes, so it is spread out once all shards are closed.
+void checksum_shards(const fs::path& dir, int threads, Manifest* manifest) {
+  std::vector<ShardInfo*> shards;
+  for (auto& [name, split] : manifest->splits) {
+    for (auto& shard : split.shards) shards.push_back(&shard);
+  }
+  std::atomic<std::size_t> next{0};
+  std::exception_ptr error;
+  std::mutex error_mutex;
+  auto work = [&] {
+    for (std::size_t i; (i = next++) < shards.size();) {
+      try {
+        fsync_path(dir / shards[i]->file);
+        shards[i]->checksum = file_checksum(dir / shards[i]->file);
+      } catch (...) {
+        std::lock_guard<std::mutex> lock(error_mutex);
+        if (!error) error = std::current_exception();
+      }
+    }
+  };
+  std::vector<std::thread> pool;
+  const int n = std::max(1, std::min<int>(threads, static_cast<int>(shards.size())));
+  for (int t = 1; t < n; ++t) pool.emplace_back(work);
+  work();
+  for (auto& t : pool) t.join();
+  if (error) std::rethrow_exception(error);
 }
 
 std::uint64_t split_tag(const std::string& split) {
@@ -331,12 +370,10 @@ PackResult pack_dataset(const PackSource& source, const SplitPlan& plan, const P
         if (options.progress) progress.update(static_cast<std::int64_t>(position + 1));
       }
       writer.close();
-      fsync_path(temp.path() / file);
       ShardInfo shard;
       shard.file = file;
       shard.count = writer.count();
       shard.bytes = static_cast<std::int64_t>(fs::file_size(temp.path() / file));
-      shard.checksum = file_checksum(temp.path() / file);
       info.count += shard.count;
       info.shards.push_back(std::move(shard));
     }
@@ -349,6 +386,7 @@ PackResult pack_dataset(const PackSource& source, const SplitPlan& plan, const P
   }
   if (stats.pixels_per_channel < 2) throw DataError("too few training pixels for statistics");
   stats.finish(&manifest.mean, &manifest.std);
+  checksum_shards(temp.path(), threads, &manifest);
   for (double s : manifest.std) {
     if (!(s > 0.0)) {
       throw DataError("training images are all identical (pixel std is 0): nothing to learn");

@@ -18,7 +18,7 @@ packages=(
   libgtest-dev googletest
 )
 if [[ "${1:-}" == "--bench" ]]; then
-  packages+=(python3-torch python3-torchvision python3-h5py python3-pil python3-numpy time)
+  packages+=(python3-torch python3-torchvision python3-h5py python3-pil python3-numpy time bc)
 fi
 
 sudo=""

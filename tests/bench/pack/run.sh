@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# fer-pack benchmark (not a timed test): packs N fer-synth 48x48 PNGs with fer-pack at 1 and 2
+# threads and with the Python PIL + h5py baseline (pack_reference.py) at 1 and 2 worker processes,
+# in the same run on the same files, and prints images/s, peak RSS and the ratios.
+# Usage: tests/bench/pack/run.sh [N=10000]     (BUILD_DIR defaults to build/)
+# Needs: launch/install-deps.sh --bench (python3-pil, python3-h5py, time).
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)
+build=${BUILD_DIR:-$root/build}
+n=${1:-10000}
+per_class=$(( (n + 6) / 7 ))
+work=$(mktemp -d /tmp/fer-bench-pack.XXXXXX)
+trap 'rm -rf "$work"' EXIT
+
+"$build/bin/fer-synth" "$work/src" --per-class "$per_class" --layout split --seed 1 >/dev/null 2>&1
+images=$(find "$work/src" -name '*.png' | wc -l)
+cat $(find "$work/src" -name '*.png') > /dev/null  # warm the page cache for every contender
+
+# run NAME COMMAND...: prints "NAME seconds peak_rss_kib"
+run() {
+  local name=$1; shift
+  local start end
+  start=$(date +%s.%N)
+  /usr/bin/time -f "%M" -o "$work/rss" "$@" >/dev/null 2>"$work/err" || { cat "$work/err"; exit 1; }
+  end=$(date +%s.%N)
+  echo "$name $(echo "$end - $start" | bc -l) $(cat "$work/rss")"
+}
+
+results=()
+for t in 1 2; do
+  results+=("$(run "fer-pack@$t" "$build/bin/fer-pack" imagefolder "$work/src" "$work/ours$t" --threads "$t" -q)")
+  results+=("$(run "python@$t" /usr/bin/python3 "$root/tests/bench/pack/pack_reference.py" "$work/src" "$work/py$t" --workers "$t")")
+done
+
+echo "fer-pack benchmark: $images PNGs 48x48 grayscale, $(nproc) cores, $(date -u +%Y-%m-%d)"
+printf "%-12s %10s %12s %14s\n" contender seconds images/s peak_RSS_MiB
+declare -A rate
+for r in "${results[@]}"; do
+  read -r name secs rss <<<"$r"
+  rate[$name]=$(echo "$images / $secs" | bc -l)
+  printf "%-12s %10.2f %12.0f %14.1f\n" "$name" "$secs" "${rate[$name]}" "$(echo "$rss / 1024" | bc -l)"
+done
+printf "ratio fer-pack/python at 1 thread:  %.2fx\n" "$(echo "${rate[fer-pack@1]} / ${rate[python@1]}" | bc -l)"
+printf "ratio fer-pack/python at 2 threads: %.2fx  (target >= 3x)\n" "$(echo "${rate[fer-pack@2]} / ${rate[python@2]}" | bc -l)"
