@@ -19,6 +19,7 @@ enum class ExitCode : int {
   kIo = 4,           // file system error: cannot read/write/rename, disk full (IoError)
   kComm = 5,         // a collective failed or timed out (CommError)
   kCheckpoint = 6,   // a checkpoint cannot be written or read (CheckpointError)
+  kDiverged = 7,     // training produced a non-finite loss (TrainingError)
   kInterrupted = 130 // SIGINT/SIGTERM before the work finished; nothing partial left behind
 };
 
@@ -69,6 +70,13 @@ class CheckpointError : public Error {
  public:
   explicit CheckpointError(const std::string& what, std::string hint = {})
       : Error(ExitCode::kCheckpoint, what, std::move(hint)) {}
+};
+
+// Training cannot go on: a non-finite loss or gradient.
+class TrainingError : public Error {
+ public:
+  explicit TrainingError(const std::string& what, std::string hint = {})
+      : Error(ExitCode::kDiverged, what, std::move(hint)) {}
 };
 
 // Thrown when a cooperative cancellation (SIGINT/SIGTERM) stops long work.

@@ -1,0 +1,230 @@
+#include "train/checkpoint.h"
+
+#include <nlohmann/json.hpp>
+#include <spdlog/spdlog.h>
+#include <torch/torch.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <sstream>
+
+#include "common/errors.h"
+#include "common/fs_util.h"
+
+namespace fs = std::filesystem;
+
+namespace fer {
+namespace {
+
+constexpr const char* kMetaKey = "meta";
+constexpr const char* kModelKey = "model";
+constexpr const char* kOptimizerKey = "optimizer";
+constexpr const char* kStepPrefix = "step-";
+
+torch::serialize::InputArchive open_archive(const fs::path& path) {
+  std::error_code ec;
+  if (!fs::is_regular_file(path, ec)) {
+    throw CheckpointError("checkpoint " + path.string() + " does not exist");
+  }
+  torch::serialize::InputArchive archive;
+  try {
+    archive.load_from(path.string());
+  } catch (const c10::Error& e) {
+    throw CheckpointError("checkpoint " + path.string() + " cannot be read (truncated or not a "
+                          "fer-dist checkpoint): " + e.what_without_backtrace());
+  }
+  return archive;
+}
+
+CheckpointMeta read_meta(torch::serialize::InputArchive& archive, const fs::path& path) {
+  c10::IValue value;
+  if (!archive.try_read(kMetaKey, value) || !value.isString()) {
+    throw CheckpointError("checkpoint " + path.string() + " has no fer-dist metadata");
+  }
+  return CheckpointMeta::from_json(value.toStringRef(), path.string());
+}
+
+}  // namespace
+
+std::string CheckpointMeta::to_json() const {
+  nlohmann::json j{
+      {"format", "fer-checkpoint"},
+      {"version", kCheckpointVersion},
+      {"step", step},
+      {"epoch", epoch},
+      {"step_in_epoch", step_in_epoch},
+      {"classes", classes},
+      {"normalization", {{"mean", mean}, {"std", std}}},
+      {"image", {{"height", height}, {"width", width}, {"channels", channels}}},
+      {"model",
+       {{"in_channels", model.in_channels},
+        {"num_classes", model.num_classes},
+        {"width", model.width},
+        {"dropout", model.dropout}}},
+      {"optimizer", optimizer},
+      {"config_yaml", config_yaml},
+      {"config_hash", config_hash},
+      {"best_val_accuracy", best_val_accuracy},
+      {"best_step", best_step},
+      {"world_size", world_size}};
+  return j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace);
+}
+
+CheckpointMeta CheckpointMeta::from_json(const std::string& text, const std::string& source) {
+  try {
+    const auto j = nlohmann::json::parse(text);
+    if (j.value("format", "") != "fer-checkpoint") {
+      throw CheckpointError(source + " is not a fer-dist checkpoint");
+    }
+    if (j.at("version").get<int>() != kCheckpointVersion) {
+      throw CheckpointError(source + ": checkpoint version " +
+                            std::to_string(j.at("version").get<int>()) + " is not supported");
+    }
+    CheckpointMeta m;
+    m.step = j.at("step");
+    m.epoch = j.at("epoch");
+    m.step_in_epoch = j.at("step_in_epoch");
+    m.classes = j.at("classes").get<std::vector<std::string>>();
+    m.mean = j.at("normalization").at("mean").get<std::vector<double>>();
+    m.std = j.at("normalization").at("std").get<std::vector<double>>();
+    m.height = j.at("image").at("height");
+    m.width = j.at("image").at("width");
+    m.channels = j.at("image").at("channels");
+    m.model.in_channels = j.at("model").at("in_channels");
+    m.model.num_classes = j.at("model").at("num_classes");
+    m.model.width = j.at("model").at("width");
+    m.model.dropout = j.at("model").at("dropout");
+    m.optimizer = j.at("optimizer");
+    m.config_yaml = j.at("config_yaml");
+    m.config_hash = j.at("config_hash");
+    m.best_val_accuracy = j.at("best_val_accuracy");
+    m.best_step = j.at("best_step");
+    m.world_size = j.at("world_size");
+    if (m.classes.size() != static_cast<std::size_t>(m.model.num_classes) ||
+        m.mean.size() != static_cast<std::size_t>(m.channels) || m.std.size() != m.mean.size() ||
+        m.model.in_channels != m.channels || m.height < 1 || m.width < 1) {
+      throw CheckpointError(source + ": inconsistent checkpoint metadata");
+    }
+    return m;
+  } catch (const nlohmann::json::exception& e) {
+    throw CheckpointError(source + ": bad checkpoint metadata (" + e.what() + ")");
+  }
+}
+
+void save_checkpoint(const fs::path& path, ResNet9& model, torch::optim::Optimizer* optimizer,
+                     const CheckpointMeta& meta) {
+  // Serialized to memory first: LibTorch's file writer throws from its destructor when a write
+  // fails (disk full), which terminates the process. Our own atomic write reports it instead.
+  std::ostringstream bytes;
+  try {
+    torch::serialize::OutputArchive archive;
+    torch::serialize::OutputArchive model_archive;
+    model->save(model_archive);
+    archive.write(kModelKey, model_archive);
+    if (optimizer) {
+      torch::serialize::OutputArchive optimizer_archive;
+      optimizer->save(optimizer_archive);
+      archive.write(kOptimizerKey, optimizer_archive);
+    }
+    archive.write(kMetaKey, c10::IValue(meta.to_json()));
+    archive.save_to(bytes);
+  } catch (const c10::Error& e) {
+    throw CheckpointError("cannot serialize checkpoint " + path.string() + ": " +
+                          e.what_without_backtrace());
+  }
+  try {
+    write_file_atomic(path, bytes.str());
+  } catch (const IoError& e) {
+    throw CheckpointError(std::string("cannot write checkpoint: ") + e.what(),
+                          "is the disk full? the previous checkpoint is unchanged");
+  }
+  fsync_path(path.parent_path());
+}
+
+CheckpointMeta read_checkpoint_meta(const fs::path& path) {
+  auto archive = open_archive(path);
+  return read_meta(archive, path);
+}
+
+void load_checkpoint_into(const fs::path& path, ResNet9& model, torch::optim::Optimizer* optimizer,
+                          CheckpointMeta* meta_out) {
+  auto archive = open_archive(path);
+  CheckpointMeta meta = read_meta(archive, path);
+  const auto& want = model->options();
+  if (meta.model.in_channels != want.in_channels || meta.model.num_classes != want.num_classes ||
+      meta.model.width != want.width) {
+    throw CheckpointError(path.string() + " holds a ResNet9 with " +
+                              std::to_string(meta.model.in_channels) + " channel(s), " +
+                              std::to_string(meta.model.num_classes) + " classes, width " +
+                              std::to_string(meta.model.width) + "; this run builds " +
+                              std::to_string(want.in_channels) + ", " +
+                              std::to_string(want.num_classes) + ", " +
+                              std::to_string(want.width),
+                          "resume with the config and dataset the checkpoint was trained with");
+  }
+  try {
+    torch::serialize::InputArchive model_archive;
+    archive.read(kModelKey, model_archive);
+    torch::NoGradGuard no_grad;
+    model->load(model_archive);
+    if (optimizer) {
+      torch::serialize::InputArchive optimizer_archive;
+      archive.read(kOptimizerKey, optimizer_archive);
+      optimizer->load(optimizer_archive);
+    }
+  } catch (const c10::Error& e) {
+    throw CheckpointError("cannot load " + path.string() + ": " + e.what_without_backtrace());
+  }
+  if (meta_out) *meta_out = std::move(meta);
+}
+
+ResNet9 load_checkpoint_model(const fs::path& path, CheckpointMeta* meta_out) {
+  CheckpointMeta meta = read_checkpoint_meta(path);
+  ResNet9 model(meta.model);
+  load_checkpoint_into(path, model, nullptr, nullptr);
+  model->eval();
+  if (meta_out) *meta_out = std::move(meta);
+  return model;
+}
+
+std::string checkpoint_file_name(std::int64_t step) {
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "%s%08lld.pt", kStepPrefix, static_cast<long long>(step));
+  return buf;
+}
+
+std::vector<fs::path> list_checkpoints(const fs::path& dir) {
+  std::vector<fs::path> out;
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(dir, ec)) {
+    const auto name = e.path().filename().string();
+    if (name.rfind(kStepPrefix, 0) == 0 && e.path().extension() == ".pt") out.push_back(e.path());
+  }
+  std::sort(out.begin(), out.end(), [](const fs::path& a, const fs::path& b) {
+    return a.filename().string() > b.filename().string();  // zero-padded: newest first
+  });
+  return out;
+}
+
+void prune_checkpoints(const fs::path& dir, int keep) {
+  const auto all = list_checkpoints(dir);
+  for (std::size_t i = static_cast<std::size_t>(std::max(keep, 0)); i < all.size(); ++i) {
+    std::error_code ec;
+    fs::remove(all[i], ec);
+    if (ec) spdlog::warn("cannot remove old checkpoint {}: {}", all[i].string(), ec.message());
+  }
+}
+
+std::optional<fs::path> newest_valid_checkpoint(const fs::path& dir) {
+  for (const auto& path : list_checkpoints(dir)) {
+    try {
+      read_checkpoint_meta(path);
+      return path;
+    } catch (const CheckpointError& e) {
+      spdlog::warn("skipping unreadable checkpoint {}: {}", path.string(), e.what());
+    }
+  }
+  return std::nullopt;
+}
+
+}  // namespace fer

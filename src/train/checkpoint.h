@@ -1,0 +1,73 @@
+// Checkpoints: <run>/checkpoints/step-XXXXXXXX.pt plus best.pt, written atomically (temporary
+// name, fsync, rename) so a crash or a full disk leaves the previous checkpoint loadable.
+//
+// A checkpoint is self-contained for inference: besides model and optimizer state it carries the
+// classes, normalization, image shape and model options (CheckpointMeta), so fer-predict needs
+// nothing else. Dropout randomness is derived from (seed, step), so no RNG state is stored.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "model/resnet9.h"
+
+namespace torch::optim {
+class Optimizer;
+}
+
+namespace fer {
+
+inline constexpr int kCheckpointVersion = 1;
+
+struct CheckpointMeta {
+  std::int64_t step = 0;           // optimizer steps done (global)
+  std::int64_t epoch = 0;          // epoch of the next step
+  std::int64_t step_in_epoch = 0;  // step within `epoch` to resume from
+  std::vector<std::string> classes;
+  std::vector<double> mean, std;   // normalization, [0,1] units, per channel
+  int height = 0, width = 0, channels = 0;
+  ResNet9Options model;
+  std::string optimizer;           // adam | adamw
+  std::string config_yaml;         // resolved config of the run
+  std::string config_hash;
+  double best_val_accuracy = -1.0;
+  std::int64_t best_step = -1;
+  int world_size = 1;
+
+  std::string to_json() const;
+  static CheckpointMeta from_json(const std::string& json, const std::string& source);
+};
+
+// Writes model (+ optimizer when given) and meta to `path` atomically. Throws CheckpointError
+// (the old file at `path`, if any, is untouched).
+void save_checkpoint(const std::filesystem::path& path, ResNet9& model,
+                     torch::optim::Optimizer* optimizer, const CheckpointMeta& meta);
+
+// Reads only the metadata. Throws CheckpointError naming the file.
+CheckpointMeta read_checkpoint_meta(const std::filesystem::path& path);
+
+// Builds the model described by the checkpoint and loads its weights (CPU).
+ResNet9 load_checkpoint_model(const std::filesystem::path& path, CheckpointMeta* meta);
+
+// Loads weights (+ optimizer state) into existing objects of the same architecture; checks that
+// parameter names and shapes match first. Throws CheckpointError.
+void load_checkpoint_into(const std::filesystem::path& path, ResNet9& model,
+                          torch::optim::Optimizer* optimizer, CheckpointMeta* meta);
+
+// "step-00001234.pt"
+std::string checkpoint_file_name(std::int64_t step);
+
+// Step checkpoints in `dir`, newest first.
+std::vector<std::filesystem::path> list_checkpoints(const std::filesystem::path& dir);
+
+// Deletes step checkpoints beyond the newest `keep` (best.pt is not a step checkpoint).
+void prune_checkpoints(const std::filesystem::path& dir, int keep);
+
+// The newest checkpoint in `dir` whose metadata reads back; a corrupt newer one is skipped with a
+// warning. nullopt when there is none.
+std::optional<std::filesystem::path> newest_valid_checkpoint(const std::filesystem::path& dir);
+
+}  // namespace fer

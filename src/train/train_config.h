@@ -1,0 +1,101 @@
+// The trainer's whole configuration: one struct tree, one commented field per line with its
+// default. YAML files fill it (configs/*.yaml), `--set a.b=c` overrides, validate() checks the
+// invariants once at start. The resolved config is logged and saved in the run folder.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace fer {
+
+class ConfigSchema;
+
+struct DataConfig {
+  std::string loader = "memory";  // memory (split in RAM) | stream (shards read in blocks)
+  int workers = 2;                // background threads preparing batches
+  int prefetch_batches = 4;       // batches prepared ahead of the training thread
+  int shuffle_buffer = 4096;      // images, stream mode only
+  bool augment = true;            // pad + random crop + horizontal flip on train
+  int pad = 4;                    // reflect padding before the random crop, pixels
+  bool flip = true;               // random horizontal flip, p = 0.5
+  void describe(ConfigSchema& s);
+};
+
+struct ModelConfig {
+  double width = 1.0;      // channel multiplier of ResNet9 (1.0 = 6.57 M parameters)
+  double dropout = 0.2;    // before the classifier
+  std::string sync_bn = "auto";  // auto (on when world size > 1) | on | off
+  void describe(ConfigSchema& s);
+};
+
+struct OptimConfig {
+  std::string name = "adam";            // adam (L2 weight decay, as torch.optim.Adam) | adamw
+  double weight_decay = 1e-4;           // L2 (adam) or decoupled (adamw)
+  std::vector<double> betas{0.9, 0.999};  // beta1 is overridden by the schedule when cycling
+  double eps = 1e-8;
+  double grad_clip_value = 0.1;         // clip each gradient element to [-v, v]; 0 = off
+  double grad_clip_norm = 0.0;          // clip the global L2 norm; 0 = off
+  double label_smoothing = 0.0;         // cross-entropy label smoothing
+  void describe(ConfigSchema& s);
+};
+
+struct ScheduleConfig {
+  double max_lr = 0.01;           // peak learning rate of the one-cycle schedule
+  double pct_start = 0.3;         // share of steps spent warming up
+  std::string anneal = "cos";     // cos | linear
+  double div_factor = 25.0;       // initial lr = max_lr / div_factor
+  double final_div_factor = 1e4;  // final lr = initial lr / final_div_factor
+  bool three_phase = false;
+  bool cycle_momentum = true;     // cycle Adam beta1 between base and max momentum
+  double base_momentum = 0.85;
+  double max_momentum = 0.95;
+  void describe(ConfigSchema& s);
+};
+
+struct TrainSection {
+  int epochs = 30;                // passes over the train split
+  int batch_size = 64;            // per rank; the global batch is world_size * batch_size
+  std::int64_t seed = 0;          // model init, sampling, augmentation, dropout
+  int eval_every = 1;             // evaluate on val every N epochs (and after the last)
+  int eval_batch_size = 256;
+  int log_every = 50;             // metrics.jsonl step record every N steps
+  int threads = 0;                // intra-op threads per rank; 0 = OMP_NUM_THREADS or all cores
+  bool skip_nonfinite = false;    // skip a step whose loss is NaN/inf instead of stopping
+  int max_steps = 0;              // stop after N optimizer steps (0 = all); for smoke tests
+  void describe(ConfigSchema& s);
+};
+
+struct CheckpointConfig {
+  int every_epochs = 1;    // write a checkpoint every N epochs (and at the end)
+  int keep_last = 3;       // newest checkpoints kept, plus best.pt
+  void describe(ConfigSchema& s);
+};
+
+struct DistConfig {
+  std::string backend = "auto";  // auto (nccl on CUDA, mpi on CPU) | mpi | nccl
+  double bucket_mb = 25.0;       // gradient bucket cap, MiB
+  bool overlap = true;           // all-reduce buckets during backward
+  double comm_timeout_s = 300;   // a collective slower than this aborts the job
+  void describe(ConfigSchema& s);
+};
+
+struct TrainConfig {
+  DataConfig data;
+  ModelConfig model;
+  OptimConfig optim;
+  ScheduleConfig schedule;
+  TrainSection train;
+  CheckpointConfig checkpoint;
+  DistConfig dist;
+  void describe(ConfigSchema& s);
+  // Checks invariants; throws ConfigError naming the key.
+  void validate() const;
+};
+
+// Loads `path` (if not empty) then applies each "a.b=c" override, then validates.
+TrainConfig load_train_config(const std::string& path, const std::vector<std::string>& overrides);
+// The resolved config as YAML (what the run folder keeps and what the config hash covers).
+std::string train_config_yaml(TrainConfig& config);
+
+}  // namespace fer

@@ -1,0 +1,562 @@
+#include "train/trainer.h"
+
+#include <link.h>
+#include <nlohmann/json.hpp>
+#include <spdlog/spdlog.h>
+#include <torch/torch.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdlib>
+#include <fstream>
+#include <optional>
+#include <thread>
+
+#include "common/cancel.h"
+#include "common/errors.h"
+#include "common/fault.h"
+#include "common/fs_util.h"
+#include "common/logging.h"
+#include "common/random.h"
+#include "data/checksum.h"
+#include "data/loader.h"
+#include "data/manifest.h"
+#include "model/resnet9.h"
+#include "train/checkpoint.h"
+#include "train/metrics.h"
+#include "train/one_cycle.h"
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+namespace fer {
+namespace {
+
+constexpr std::uint64_t kDropoutTag = 0xd509;  // derive_seed tag of per-step dropout seeds
+constexpr std::uint64_t kInitTag = 0x1417;     // derive_seed tag of the model initialization
+constexpr int kMinSide = 8;                    // ResNet9 pools three times
+
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point t) {
+  return std::chrono::duration<double>(Clock::now() - t).count();
+}
+
+// The config fields that change how fast a run goes but not what it computes: a resume may
+// change them, and the config hash ignores them.
+TrainConfig numerics_only(TrainConfig c) {
+  c.train.threads = 0;
+  c.data.workers = 1;
+  c.data.prefetch_batches = 1;
+  c.train.log_every = 1;
+  c.train.max_steps = 0;
+  return c;
+}
+
+std::string config_hash(const TrainConfig& config) {
+  TrainConfig copy = numerics_only(config);
+  const std::string yaml = train_config_yaml(copy);
+  Sha256 sha;
+  sha.update(yaml.data(), yaml.size());
+  return sha.hex_digest().substr(0, 16);
+}
+
+// Append-only metrics.jsonl: one JSON object per line, flushed per record.
+class MetricsLog {
+ public:
+  // Keeps only records with step <= keep_through_step (a resumed run replays the rest).
+  MetricsLog(const fs::path& path, std::int64_t keep_through_step) : path_(path) {
+    if (keep_through_step >= 0 && fs::exists(path)) {
+      std::ifstream in(path);
+      std::string line, kept;
+      while (std::getline(in, line)) {
+        try {
+          if (json::parse(line).value("step", std::int64_t{0}) <= keep_through_step) {
+            kept += line + "\n";
+          }
+        } catch (const json::exception&) {
+          // a torn last line from a crash: dropped
+        }
+      }
+      write_file_atomic(path, kept);
+    } else if (keep_through_step < 0) {
+      write_file_atomic(path, "");
+    }
+    out_.open(path, std::ios::app);
+    if (!out_) throw IoError("cannot open " + path.string() + " for writing");
+  }
+  void append(const json& record) {
+    out_ << record.dump(-1, ' ', false, json::error_handler_t::replace) << "\n";
+    out_.flush();
+    if (!out_) throw IoError("cannot write " + path_.string() + " (disk full?)");
+  }
+
+ private:
+  fs::path path_;
+  std::ofstream out_;
+};
+
+struct EvalResult {
+  double loss = 0.0;  // mean cross-entropy over the evaluated samples
+  ConfusionMatrix confusion;
+  explicit EvalResult(int k) : confusion(k) {}
+};
+
+// [size, C, H, W] tensor over a batch's buffer (no copy on CPU).
+torch::Tensor batch_images(Batch& batch, const Manifest& m, const torch::Device& device) {
+  return torch::from_blob(batch.images.data(), {batch.size, m.channels, m.height, m.width},
+                          torch::kFloat32)
+      .to(device);
+}
+
+torch::Tensor batch_labels(Batch& batch, const torch::Device& device) {
+  return torch::from_blob(batch.labels.data(), {batch.size}, torch::kInt64).to(device);
+}
+
+// Loss and confusion matrix of this rank's part of a split.
+EvalResult evaluate(ResNet9& model, EvalLoader& loader, const Manifest& m,
+                    const torch::Device& device) {
+  torch::NoGradGuard no_grad;
+  model->eval();
+  loader.reset();
+  EvalResult result(static_cast<int>(m.classes.size()));
+  double loss_sum = 0.0;
+  Batch batch;
+  while (loader.next(&batch)) {
+    const auto logits = model->forward(batch_images(batch, m, device));
+    const auto labels = batch_labels(batch, device);
+    loss_sum += torch::nn::functional::cross_entropy(
+                    logits, labels,
+                    torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum))
+                    .item<double>();
+    const auto predicted = logits.argmax(1).to(torch::kCPU);
+    const auto truth = labels.to(torch::kCPU);
+    const auto* p = predicted.data_ptr<std::int64_t>();
+    const auto* t = truth.data_ptr<std::int64_t>();
+    for (int i = 0; i < batch.size; ++i) {
+      result.confusion.add(static_cast<int>(t[i]), static_cast<int>(p[i]));
+    }
+  }
+  const auto n = result.confusion.total();
+  result.loss = n ? loss_sum / n : 0.0;
+  return result;
+}
+
+json eval_json(const EvalResult& r, const std::vector<std::string>& classes) {
+  const auto& cm = r.confusion;
+  json per_class = json::object();
+  const auto p = cm.precision(), rc = cm.recall(), f = cm.f1();
+  for (std::size_t c = 0; c < classes.size(); ++c) {
+    per_class[classes[c]] = {{"precision", p[c]}, {"recall", rc[c]}, {"f1", f[c]}};
+  }
+  json matrix = json::array();
+  for (int t = 0; t < cm.num_classes(); ++t) {
+    json row = json::array();
+    for (int q = 0; q < cm.num_classes(); ++q) row.push_back(cm.at(t, q));
+    matrix.push_back(row);
+  }
+  return {{"loss", r.loss},        {"accuracy", cm.accuracy()}, {"macro_f1", cm.macro_f1()},
+          {"count", cm.total()},   {"per_class", per_class},    {"confusion", matrix}};
+}
+
+}  // namespace
+
+std::string resolve_device_name(const std::string& requested) {
+  if (requested == "auto") return torch::cuda::is_available() ? "cuda:0" : "cpu";
+  if (requested == "cpu") return "cpu";
+  if (requested.rfind("cuda", 0) == 0) {
+    if (!torch::cuda::is_available()) {
+      throw ConfigError("--device " + requested + ": CUDA is not available in this LibTorch build "
+                        "or on this machine",
+                        "use --device cpu, or a CUDA-enabled LibTorch on a GPU machine");
+    }
+    return requested == "cuda" ? "cuda:0" : requested;
+  }
+  throw ConfigError("--device must be auto, cpu, cuda or cuda:N, not '" + requested + "'");
+}
+
+int configure_threads(int requested) {
+  int threads = requested;
+  if (threads <= 0) {
+    if (const char* env = std::getenv("OMP_NUM_THREADS")) threads = std::atoi(env);
+  }
+  if (threads <= 0) threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  torch::set_num_threads(threads);
+  return threads;
+}
+
+std::string check_blas() {
+  std::string found;
+  dl_iterate_phdr(
+      [](dl_phdr_info* info, size_t, void* data) {
+        const std::string name = info->dlpi_name ? info->dlpi_name : "";
+        if (name.find("libblas.so") != std::string::npos ||
+            name.find("libopenblas") != std::string::npos) {
+          std::error_code ec;
+          *static_cast<std::string*>(data) = fs::canonical(name, ec).string();
+          if (ec) *static_cast<std::string*>(data) = name;
+          return 1;
+        }
+        return 0;
+      },
+      &found);
+  if (found.find("/blas/libblas") != std::string::npos) {
+    spdlog::warn("LibTorch is using the reference BLAS ({}), ~20x slower than OpenBLAS", found);
+    spdlog::warn("fix: apt-get install libopenblas0-openmp (launch/install-deps.sh does this)");
+  }
+  return found;
+}
+
+namespace {
+
+std::unique_ptr<torch::optim::Optimizer> make_optimizer(const OptimConfig& o, double lr,
+                                                        ResNet9& model) {
+  const auto betas = std::make_tuple(o.betas[0], o.betas[1]);
+  if (o.name == "adamw") {
+    return std::make_unique<torch::optim::AdamW>(
+        model->parameters(),
+        torch::optim::AdamWOptions(lr).betas(betas).eps(o.eps).weight_decay(o.weight_decay));
+  }
+  return std::make_unique<torch::optim::Adam>(
+      model->parameters(),
+      torch::optim::AdamOptions(lr).betas(betas).eps(o.eps).weight_decay(o.weight_decay));
+}
+
+// Sets lr and beta1 on every parameter group (Adam and AdamW have the same option fields).
+void set_lr_and_beta1(torch::optim::Optimizer& optimizer, const std::string& name, double lr,
+                      double beta1) {
+  for (auto& group : optimizer.param_groups()) {
+    if (name == "adamw") {
+      auto& o = static_cast<torch::optim::AdamWOptions&>(group.options());
+      o.lr(lr);
+      o.betas(std::make_tuple(beta1, std::get<1>(o.betas())));
+    } else {
+      auto& o = static_cast<torch::optim::AdamOptions&>(group.options());
+      o.lr(lr);
+      o.betas(std::make_tuple(beta1, std::get<1>(o.betas())));
+    }
+  }
+}
+
+OneCycleOptions schedule_options(const ScheduleConfig& s, double beta1,
+                                 std::int64_t total_steps) {
+  OneCycleOptions o;
+  o.max_lr = s.max_lr;
+  o.total_steps = total_steps;
+  o.pct_start = s.pct_start;
+  o.anneal = s.anneal;
+  o.div_factor = s.div_factor;
+  o.final_div_factor = s.final_div_factor;
+  o.three_phase = s.three_phase;
+  o.cycle_momentum = s.cycle_momentum;
+  o.base_momentum = s.base_momentum;
+  o.max_momentum = s.max_momentum;
+  o.beta1_when_not_cycling = beta1;
+  return o;
+}
+
+LoaderOptions loader_options(const TrainConfig& c) {
+  LoaderOptions o;
+  o.mode = c.data.loader;
+  o.batch_per_rank = c.train.batch_size;
+  o.workers = c.data.workers;
+  o.prefetch_batches = c.data.prefetch_batches;
+  o.shuffle_buffer = c.data.shuffle_buffer;
+  o.augment = c.data.augment;
+  o.augment_options.pad = c.data.pad;
+  o.augment_options.crop = c.data.pad > 0;
+  o.augment_options.flip = c.data.flip;
+  o.seed = static_cast<std::uint64_t>(c.train.seed);
+  return o;
+}
+
+CheckpointMeta make_meta(const Manifest& m, const ResNet9& model, const TrainConfig& c,
+                         const std::string& yaml, const std::string& hash) {
+  CheckpointMeta meta;
+  meta.classes = m.classes;
+  meta.mean = m.mean;
+  meta.std = m.std;
+  meta.height = m.height;
+  meta.width = m.width;
+  meta.channels = m.channels;
+  meta.model = model->options();
+  meta.optimizer = c.optim.name;
+  meta.config_yaml = yaml;
+  meta.config_hash = hash;
+  return meta;
+}
+
+// Decides where a run starts: a fresh run folder, or a checkpoint to resume from.
+std::optional<fs::path> resolve_resume(const TrainRunOptions& opt, const std::string& hash) {
+  const fs::path config_path = opt.run_dir / "config.yaml";
+  const bool existing = fs::exists(config_path);
+  if (opt.resume.empty()) {
+    if (existing) {
+      throw ConfigError("run folder " + opt.run_dir.string() + " already holds a run",
+                        "pass --resume auto to continue it, or choose another --out");
+    }
+    return std::nullopt;
+  }
+  if (existing) {
+    const TrainConfig previous = load_train_config(config_path.string(), {});
+    if (config_hash(previous) != hash) {
+      throw ConfigError("the config differs from the one of the run in " + opt.run_dir.string() +
+                            " (" + config_path.string() + ")",
+                        "resume with the same config, or start a new run with another --out");
+    }
+  }
+  if (opt.resume == "auto") {
+    auto found = newest_valid_checkpoint(opt.run_dir / "checkpoints");
+    if (!found) spdlog::info("--resume auto: no checkpoint in {}, starting fresh",
+                             opt.run_dir.string());
+    return found;
+  }
+  return fs::path(opt.resume);
+}
+
+}  // namespace
+
+TrainSummary run_training(const TrainConfig& config_in, const TrainRunOptions& opt) {
+  TrainConfig config = config_in;
+  config.validate();
+  const auto started = Clock::now();
+  const int threads = configure_threads(opt.threads > 0 ? opt.threads : config.train.threads);
+  check_blas();
+  const torch::Device device(resolve_device_name(opt.device));
+  const Manifest manifest = load_manifest(opt.data_dir);
+  if (manifest.height < kMinSide || manifest.width < kMinSide) {
+    throw DataError("images of " + opt.data_dir.string() + " are " +
+                        std::to_string(manifest.height) + "x" + std::to_string(manifest.width) +
+                        "; ResNet9 needs at least " + std::to_string(kMinSide) + "x" +
+                        std::to_string(kMinSide),
+                    "re-pack with a larger --size");
+  }
+  if (!manifest.splits.count("val")) {
+    throw DataError(opt.data_dir.string() + " has no val split", "re-pack it with fer-pack");
+  }
+  const int num_classes = static_cast<int>(manifest.classes.size());
+
+  const std::string yaml = train_config_yaml(config);
+  const std::string hash = config_hash(config);
+  const auto resume_from = resolve_resume(opt, hash);
+  const fs::path ckpt_dir = opt.run_dir / "checkpoints";
+  fs::create_directories(ckpt_dir);
+  write_file_atomic(opt.run_dir / "config.yaml", yaml);
+  spdlog::info("fer-dist-train: data {} ({} classes, {}x{}x{}), run {}, device {}, {} threads",
+               opt.data_dir.string(), num_classes, manifest.height, manifest.width,
+               manifest.channels, opt.run_dir.string(), device.str(), threads);
+  spdlog::info("resolved config (hash {}):\n{}", hash, yaml);
+
+  torch::manual_seed(derive_seed({static_cast<std::uint64_t>(config.train.seed), kInitTag}));
+  ResNet9Options model_options;
+  model_options.in_channels = manifest.channels;
+  model_options.num_classes = num_classes;
+  model_options.width = config.model.width;
+  model_options.dropout = config.model.dropout;
+  ResNet9 model(model_options);
+  model->to(device);
+  auto optimizer = make_optimizer(config.optim, config.schedule.max_lr, model);
+
+  TrainLoader loader(opt.data_dir, manifest, /*world_size=*/1, /*rank=*/0,
+                     loader_options(config));
+  EvalLoader val_loader(opt.data_dir, manifest, "val", 1, 0, config.train.eval_batch_size);
+  const std::int64_t steps_per_epoch = loader.steps_per_epoch();
+  const std::int64_t total_steps = steps_per_epoch * config.train.epochs;
+  const OneCycleSchedule schedule(
+      schedule_options(config.schedule, config.optim.betas[0], total_steps));
+  const std::int64_t last_step =
+      config.train.max_steps > 0 ? std::min<std::int64_t>(total_steps, config.train.max_steps)
+                                 : total_steps;
+
+  CheckpointMeta meta = make_meta(manifest, model, config, yaml, hash);
+  std::int64_t step = 0, epoch = 0, first_step_in_epoch = 0;
+  if (resume_from) {
+    CheckpointMeta saved;
+    load_checkpoint_into(*resume_from, model, optimizer.get(), &saved);
+    if (saved.config_hash != hash) {
+      throw CheckpointError(resume_from->string() + " was written by a run with another config",
+                            "resume with the config that wrote it");
+    }
+    step = saved.step;
+    epoch = saved.epoch;
+    first_step_in_epoch = saved.step_in_epoch;
+    meta.best_val_accuracy = saved.best_val_accuracy;
+    meta.best_step = saved.best_step;
+    spdlog::info("resuming from {} at step {} (epoch {}, step {} of it)", resume_from->string(),
+                 step, epoch, first_step_in_epoch);
+  }
+  MetricsLog metrics(opt.run_dir / "metrics.jsonl", resume_from ? step : -1);
+
+  auto save = [&](std::int64_t next_epoch, std::int64_t next_step_in_epoch) {
+    meta.step = step;
+    meta.epoch = next_epoch;
+    meta.step_in_epoch = next_step_in_epoch;
+    save_checkpoint(ckpt_dir / checkpoint_file_name(step), model, optimizer.get(), meta);
+    prune_checkpoints(ckpt_dir, config.checkpoint.keep_last);
+  };
+
+  std::int64_t images_trained = 0, skipped_steps = 0;
+  double train_seconds = 0.0;
+  RateLimiter nonfinite_warnings(std::chrono::seconds(10));
+  const FaultPlan fault = fault_plan_from_env();
+  namespace F = torch::nn::functional;
+  const auto ce_options = F::CrossEntropyFuncOptions().label_smoothing(config.optim.label_smoothing);
+
+  for (; epoch < config.train.epochs && step < last_step; ++epoch, first_step_in_epoch = 0) {
+    const auto epoch_start = Clock::now();
+    loader.start_epoch(epoch, first_step_in_epoch);
+    model->train();
+    double loss_sum = 0.0;
+    std::int64_t correct = 0, seen = 0;
+    auto window_start = Clock::now();
+    std::int64_t window_images = 0;
+    Batch batch;
+    while (step < last_step && loader.next(&batch)) {
+      if (cancel_requested()) {
+        save(epoch, batch.step);
+        spdlog::warn("interrupted: checkpoint written at step {}; resume with --resume auto",
+                     step);
+        throw Interrupted();
+      }
+      const double lr = schedule.lr(step);
+      const double beta1 = schedule.momentum(step);
+      set_lr_and_beta1(*optimizer, config.optim.name, lr, beta1);
+      torch::manual_seed(
+          derive_seed({static_cast<std::uint64_t>(config.train.seed), kDropoutTag,
+                       static_cast<std::uint64_t>(step)}));
+      const auto x = batch_images(batch, manifest, device);
+      const auto y = batch_labels(batch, device);
+      optimizer->zero_grad();
+      const auto logits = model->forward(x);
+      auto loss = F::cross_entropy(logits, y, ce_options);
+      if (fault.fires(/*rank=*/0, step, "nan")) loss = loss * std::nan("");
+      const double loss_value = loss.item<double>();
+      if (!std::isfinite(loss_value)) {
+        if (!config.train.skip_nonfinite) {
+          throw TrainingError(
+              "loss is " + std::to_string(loss_value) + " at step " + std::to_string(step) +
+                  " (epoch " + std::to_string(epoch) + "); stopping, the last good checkpoint is "
+                  "in " + ckpt_dir.string(),
+              "lower schedule.max_lr or raise optim.grad_clip_*, or set "
+              "train.skip_nonfinite=true to skip such steps");
+        }
+        long suppressed = 0;
+        if (nonfinite_warnings.allow(&suppressed)) {
+          spdlog::warn("skipping step {}: loss is {} ({} more skipped quietly)", step, loss_value,
+                       suppressed);
+        }
+        ++skipped_steps;
+        ++step;
+        continue;
+      }
+      loss.backward();
+      if (config.optim.grad_clip_value > 0) {
+        torch::nn::utils::clip_grad_value_(model->parameters(), config.optim.grad_clip_value);
+      }
+      if (config.optim.grad_clip_norm > 0) {
+        torch::nn::utils::clip_grad_norm_(model->parameters(), config.optim.grad_clip_norm);
+      }
+      optimizer->step();
+      ++step;
+      loss_sum += loss_value * batch.size;
+      correct += logits.argmax(1).eq(y).sum().item<std::int64_t>();
+      seen += batch.size;
+      window_images += batch.size;
+      if (step % config.train.log_every == 0 || step == last_step) {
+        const double rate = window_images / std::max(1e-9, seconds_since(window_start));
+        metrics.append({{"type", "step"}, {"step", step}, {"epoch", epoch}, {"loss", loss_value},
+                        {"lr", lr}, {"beta1", beta1}, {"images_per_s", rate}});
+        spdlog::info("epoch {} step {}/{} loss {:.4f} lr {:.3e} {:.0f} img/s", epoch, step,
+                     last_step, loss_value, lr, rate);
+        window_start = Clock::now();
+        window_images = 0;
+      }
+    }
+    const double epoch_seconds = seconds_since(epoch_start);
+    train_seconds += epoch_seconds;
+    images_trained += seen;
+    const bool last = epoch + 1 == config.train.epochs || step >= last_step;
+    json record{{"type", "epoch"},
+                {"epoch", epoch},
+                {"step", step},
+                {"train_loss", seen ? loss_sum / seen : 0.0},
+                {"train_accuracy", seen ? double(correct) / seen : 0.0},
+                {"seconds", epoch_seconds}};
+    if ((epoch + 1) % config.train.eval_every == 0 || last) {
+      const EvalResult val = evaluate(model, val_loader, manifest, device);
+      record["val"] = eval_json(val, manifest.classes);
+      const double acc = val.confusion.accuracy();
+      spdlog::info("epoch {} done: train loss {:.4f} acc {:.4f} | val loss {:.4f} acc {:.4f} "
+                   "macro-F1 {:.4f} ({:.1f} s)",
+                   epoch, record["train_loss"].get<double>(),
+                   record["train_accuracy"].get<double>(), val.loss, acc,
+                   val.confusion.macro_f1(), epoch_seconds);
+      if (acc > meta.best_val_accuracy) {
+        meta.best_val_accuracy = acc;
+        meta.best_step = step;
+        meta.step = step;
+        meta.epoch = epoch + 1;
+        meta.step_in_epoch = 0;
+        save_checkpoint(ckpt_dir / "best.pt", model, nullptr, meta);
+      }
+    }
+    metrics.append(record);
+    if ((epoch + 1) % config.checkpoint.every_epochs == 0 || last) save(epoch + 1, 0);
+  }
+
+  TrainSummary summary;
+  summary.steps = step;
+  summary.best_val_accuracy = meta.best_val_accuracy;
+  summary.images_per_second = train_seconds > 0 ? images_trained / train_seconds : 0.0;
+  json summary_json{{"steps", step},
+                    {"epochs", config.train.epochs},
+                    {"world_size", 1},
+                    {"best_val_accuracy", meta.best_val_accuracy},
+                    {"best_step", meta.best_step},
+                    {"skipped_steps", skipped_steps},
+                    {"train_images_per_s", summary.images_per_second},
+                    {"seconds", seconds_since(started)},
+                    {"config_hash", hash},
+                    {"classes", manifest.classes}};
+  if (manifest.splits.count("test")) {
+    const fs::path best = ckpt_dir / "best.pt";
+    if (fs::exists(best)) load_checkpoint_into(best, model, nullptr, nullptr);
+    EvalLoader test_loader(opt.data_dir, manifest, "test", 1, 0, config.train.eval_batch_size);
+    const EvalResult test = evaluate(model, test_loader, manifest, device);
+    summary.test_accuracy = test.confusion.accuracy();
+    summary_json["test"] = eval_json(test, manifest.classes);
+    spdlog::info("test (best checkpoint, step {}): accuracy {:.4f} macro-F1 {:.4f}",
+                 meta.best_step, summary.test_accuracy, test.confusion.macro_f1());
+  }
+  write_file_atomic(opt.run_dir / "summary.json", summary_json.dump(2) + "\n");
+  return summary;
+}
+
+std::string evaluate_checkpoint(const fs::path& checkpoint, const fs::path& data_dir,
+                                const std::string& device_name, int batch_size, int threads) {
+  configure_threads(threads);
+  check_blas();
+  const torch::Device device(resolve_device_name(device_name));
+  CheckpointMeta meta;
+  ResNet9 model = load_checkpoint_model(checkpoint, &meta);
+  model->to(device);
+  const Manifest manifest = load_manifest(data_dir);
+  if (manifest.classes != meta.classes || manifest.channels != meta.channels ||
+      manifest.height != meta.height || manifest.width != meta.width) {
+    throw DataError(data_dir.string() + " does not match the checkpoint (classes or image shape)",
+                    "evaluate on the dataset the checkpoint was trained on");
+  }
+  json out{{"checkpoint", checkpoint.string()}, {"step", meta.step}};
+  for (const char* split : {"val", "test"}) {
+    if (!manifest.splits.count(split)) continue;
+    EvalLoader loader(data_dir, manifest, split, 1, 0, batch_size);
+    const EvalResult r = evaluate(model, loader, manifest, device);
+    out[split] = eval_json(r, manifest.classes);
+    std::printf("%-5s accuracy %.4f  macro-F1 %.4f  loss %.4f  (%lld images)\n", split,
+                r.confusion.accuracy(), r.confusion.macro_f1(), r.loss,
+                static_cast<long long>(r.confusion.total()));
+  }
+  return out.dump(2);
+}
+
+}  // namespace fer

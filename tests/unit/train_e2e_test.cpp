@@ -1,0 +1,282 @@
+// fer-dist-train end to end on tiny fer-synth datasets: resume equals an uninterrupted run, the
+// demo recipe learns, divergence stops cleanly, bad input gets its documented exit code.
+#include <gtest/gtest.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <torch/torch.h>
+
+#include <csignal>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "common/errors.h"
+#include "common/fs_util.h"
+#include "data/dataset.h"
+#include "data/manifest.h"
+#include "test_util.h"
+#include "train/checkpoint.h"
+#include "train/train_config.h"
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+namespace fer {
+namespace {
+
+using testing::quote;
+using testing::run_command;
+using testing::TempFolder;
+using testing::tool;
+
+// Synthesizes and packs a dataset: fer-synth --per-class N --size S.
+void make_dataset(const fs::path& root, int per_class, int size) {
+  auto r = run_command(tool("fer-synth") + " " + quote(root / "src") + " --per-class " +
+                       std::to_string(per_class) + " --size " + std::to_string(size) +
+                       " --seed 3");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  r = run_command(tool("fer-pack") + " imagefolder " + quote(root / "src") + " " +
+                  quote(root / "data") + " -q --size " + std::to_string(size));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+}
+
+// A config small enough to train in seconds: 16x16 images, 4-channel-wide ResNet9.
+void write_tiny_config(const fs::path& path) {
+  std::ofstream(path) << "model: {width: 0.0625, dropout: 0.1}\n"
+                         "train: {epochs: 4, batch_size: 16, log_every: 2, threads: 1}\n"
+                         "data: {workers: 2}\n"
+                         "checkpoint: {keep_last: 2}\n";
+}
+
+std::string train(const fs::path& config, const fs::path& data, const fs::path& out,
+                  const std::string& extra = "") {
+  return tool("fer-dist-train") + " --config " + quote(config) + " --data " + quote(data) +
+         " --out " + quote(out) + " " + extra;
+}
+
+// metrics.jsonl without the wall-clock fields.
+std::vector<json> numeric_metrics(const fs::path& run) {
+  std::vector<json> out;
+  std::ifstream in(run / "metrics.jsonl");
+  std::string line;
+  while (std::getline(in, line)) {
+    json j = json::parse(line);
+    j.erase("images_per_s");
+    j.erase("seconds");
+    out.push_back(j);
+  }
+  return out;
+}
+
+void expect_same_weights(const fs::path& a, const fs::path& b) {
+  ResNet9 ma = load_checkpoint_model(a, nullptr);
+  ResNet9 mb = load_checkpoint_model(b, nullptr);
+  const auto pa = ma->named_parameters(), pb = mb->named_parameters();
+  ASSERT_EQ(pa.size(), pb.size());
+  for (const auto& item : pa) {
+    EXPECT_TRUE(torch::equal(item.value(), pb[item.key()])) << item.key();
+  }
+  const auto ba = ma->named_buffers(), bb = mb->named_buffers();
+  for (const auto& item : ba) {
+    EXPECT_TRUE(torch::equal(item.value(), bb[item.key()])) << item.key();
+  }
+}
+
+class TrainerE2E : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    tmp_ = std::make_unique<TempFolder>(
+        std::string("train_") + ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    make_dataset(tmp_->path(), /*per_class=*/20, /*size=*/16);  // 112 train -> 7 steps/epoch
+    write_tiny_config(*tmp_ / "tiny.yaml");
+  }
+  fs::path path(const std::string& name) const { return *tmp_ / name; }
+  std::unique_ptr<TempFolder> tmp_;
+};
+
+TEST_F(TrainerE2E, TwoEpochsPlusResumeEqualFourEpochsInWeightsAndMetrics) {
+  auto full = run_command(train(path("tiny.yaml"), path("data"), path("full")));
+  ASSERT_EQ(full.exit_code, 0) << full.output;
+  auto half = run_command(train(path("tiny.yaml"), path("data"), path("split"),
+                                "--set train.max_steps=14"));
+  ASSERT_EQ(half.exit_code, 0) << half.output;
+  ASSERT_TRUE(fs::exists(path("split") / "checkpoints" / checkpoint_file_name(14)));
+  auto rest = run_command(train(path("tiny.yaml"), path("data"), path("split"), "--resume auto"));
+  ASSERT_EQ(rest.exit_code, 0) << rest.output;
+  EXPECT_NE(rest.output.find("resuming from"), std::string::npos) << rest.output;
+  const fs::path last = fs::path("checkpoints") / checkpoint_file_name(28);
+  expect_same_weights(path("full") / last, path("split") / last);
+  EXPECT_EQ(numeric_metrics(path("full")), numeric_metrics(path("split")));
+  const auto metrics = numeric_metrics(path("full"));
+  ASSERT_FALSE(metrics.empty());
+  EXPECT_EQ(metrics.front()["type"], "step");
+  for (const char* key : {"step", "epoch", "loss", "lr", "beta1"}) {
+    EXPECT_TRUE(metrics.front().contains(key)) << key;
+  }
+  int epochs = 0;
+  for (const auto& m : metrics) {
+    if (m["type"] != "epoch") continue;
+    ++epochs;
+    EXPECT_TRUE(m["val"].contains("confusion"));
+    EXPECT_EQ(m["val"]["per_class"].size(), 7u);
+  }
+  EXPECT_EQ(epochs, 4);
+  // keep_last 2 plus best.pt, and a self-contained summary.
+  EXPECT_EQ(list_checkpoints(path("full") / "checkpoints").size(), 2u);
+  EXPECT_TRUE(fs::exists(path("full") / "checkpoints" / "best.pt"));
+  const json summary = json::parse(read_file(path("full") / "summary.json"));
+  EXPECT_EQ(summary["steps"], 28);
+  EXPECT_TRUE(summary["test"].contains("accuracy"));
+
+  // A corrupt newest checkpoint is skipped with a warning; the run continues from the one before
+  // and ends where it did.
+  fs::resize_file(path("full") / last, 1000);
+  auto again = run_command(train(path("tiny.yaml"), path("data"), path("full"), "--resume auto"));
+  ASSERT_EQ(again.exit_code, 0) << again.output;
+  EXPECT_NE(again.output.find("skipping unreadable checkpoint"), std::string::npos)
+      << again.output;
+  expect_same_weights(path("full") / last, path("split") / last);
+}
+
+TEST_F(TrainerE2E, NonFiniteLossStopsNamingTheStepAndKeepsTheLastCheckpoint) {
+  const std::string env = "FER_FAULT_INJECT=kind:nan,step:9 ";
+  auto r = run_command(env + train(path("tiny.yaml"), path("data"), path("nan")));
+  EXPECT_EQ(r.exit_code, 7) << r.output;
+  EXPECT_NE(r.output.find("at step 9"), std::string::npos) << r.output;
+  const auto kept = newest_valid_checkpoint(path("nan") / "checkpoints");
+  ASSERT_TRUE(kept.has_value());
+  EXPECT_EQ(read_checkpoint_meta(*kept).step, 7);
+
+  r = run_command(env + train(path("tiny.yaml"), path("data"), path("skip"),
+                              "--set train.skip_nonfinite=true"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const json summary = json::parse(read_file(path("skip") / "summary.json"));
+  EXPECT_EQ(summary["skipped_steps"], 1);
+  EXPECT_EQ(summary["steps"], 28);
+}
+
+TEST_F(TrainerE2E, BadInputGetsItsDocumentedExitCode) {
+  const fs::path cfg = path("tiny.yaml"), data = path("data");
+  auto r = run_command(train(cfg, path("nowhere"), path("r1")));
+  EXPECT_EQ(r.exit_code, 3) << r.output;
+  r = run_command(train(cfg, data, path("r2"), "--set optim.lrr=1"));
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_NE(r.output.find("optim.lrr"), std::string::npos) << r.output;
+  r = run_command(train(cfg, data, path("r3"), "--set train.epochs=many"));
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_NE(r.output.find("train.epochs"), std::string::npos) << r.output;
+  std::ofstream(path("typo.yaml")) << "train:\n  epochz: 3\n";
+  r = run_command(train(path("typo.yaml"), data, path("r4")));
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_NE(r.output.find("train.epochz"), std::string::npos) << r.output;
+
+  // An existing run: refused without --resume, and refused with a different config.
+  ASSERT_EQ(run_command(train(cfg, data, path("r5"), "--set train.max_steps=2")).exit_code, 0);
+  r = run_command(train(cfg, data, path("r5")));
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_NE(r.output.find("--resume"), std::string::npos) << r.output;
+  r = run_command(train(cfg, data, path("r5"), "--resume auto --set optim.weight_decay=0.5"));
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+
+  // Manifest of another version; images too small for ResNet9; a corrupt shard, named.
+  fs::copy(data, path("v2"), fs::copy_options::recursive);
+  std::string manifest = read_file(path("v2") / kManifestName);
+  manifest.replace(manifest.find("\"version\": 1"), 12, "\"version\": 2");
+  write_file_atomic(path("v2") / kManifestName, manifest);
+  r = run_command(train(cfg, path("v2"), path("r6")));
+  EXPECT_EQ(r.exit_code, 3) << r.output;
+  EXPECT_NE(r.output.find("version 2"), std::string::npos) << r.output;
+
+  fs::copy(data, path("small"), fs::copy_options::recursive);
+  manifest = read_file(path("small") / kManifestName);
+  for (const char* key : {"\"height\": 16", "\"width\": 16"}) {
+    manifest.replace(manifest.find(key), std::string(key).size(),
+                     std::string(key).substr(0, std::string(key).size() - 2) + "4");
+  }
+  write_file_atomic(path("small") / kManifestName, manifest);
+  r = run_command(train(cfg, path("small"), path("r7")));
+  EXPECT_EQ(r.exit_code, 3) << r.output;
+  EXPECT_NE(r.output.find("at least 8x8"), std::string::npos) << r.output;
+
+  fs::copy(data, path("corrupt"), fs::copy_options::recursive);
+  const fs::path shard = path("corrupt") / "train-00000-of-00001.h5";
+  std::string bytes = read_file(shard);
+  bytes[bytes.size() / 2] ^= 0x40;
+  std::ofstream(shard, std::ios::binary | std::ios::trunc) << bytes;
+  r = run_command(train(cfg, path("corrupt"), path("r8")));
+  EXPECT_EQ(r.exit_code, 3) << r.output;
+  EXPECT_NE(r.output.find("train-00000-of-00001.h5"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("checksum"), std::string::npos) << r.output;
+}
+
+TEST_F(TrainerE2E, EvalOnlyReportsValAndTestOfACheckpoint) {
+  ASSERT_EQ(run_command(train(path("tiny.yaml"), path("data"), path("run"),
+                              "--set train.epochs=1"))
+                .exit_code,
+            0);
+  auto r = run_command(tool("fer-dist-train") + " --eval-only " +
+                       quote(path("run") / "checkpoints" / "best.pt") + " --data " +
+                       quote(path("data")));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("val   accuracy"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("test  accuracy"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("(14 images)"), std::string::npos) << r.output;
+}
+
+TEST(Checkpoint, AFailedWriteLeavesThePreviousCheckpointLoadable) {
+  TempFolder tmp("ckpt_full");
+  ResNet9Options options;
+  options.width = 0.0625;
+  ResNet9 model(options);
+  CheckpointMeta meta;
+  meta.classes = {"a", "b", "c", "d", "e", "f", "g"};
+  meta.mean = {0.5};
+  meta.std = {0.2};
+  meta.height = meta.width = 16;
+  meta.channels = 1;
+  meta.model = options;
+  meta.step = 1;
+  const fs::path path = tmp / "step.pt";
+  save_checkpoint(path, model, nullptr, meta);
+  // Fill the "disk" in a child: files may not grow past 4 KiB, as on a full file system.
+  const pid_t pid = ::fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    std::signal(SIGXFSZ, SIG_IGN);
+    rlimit limit{4096, 4096};
+    ::setrlimit(RLIMIT_FSIZE, &limit);
+    meta.step = 2;
+    try {
+      save_checkpoint(path, model, nullptr, meta);
+      ::_exit(0);
+    } catch (const CheckpointError&) {
+      ::_exit(42);
+    }
+  }
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 42);
+  EXPECT_EQ(read_checkpoint_meta(path).step, 1);
+  CheckpointMeta loaded;
+  EXPECT_NO_THROW(load_checkpoint_model(path, &loaded));
+  for (const auto& e : fs::directory_iterator(tmp.path())) {
+    EXPECT_EQ(e.path().filename(), "step.pt");  // no temporary left behind
+  }
+}
+
+TEST(TrainConfigFiles, ShippedRecipesLoadAndValidate) {
+  const std::string root = FER_SOURCE_DIR;
+  for (const char* name : {"/configs/demo_cpu.yaml", "/configs/fer2013_resnet9.yaml"}) {
+    EXPECT_NO_THROW(load_train_config(root + name, {})) << name;
+  }
+  const TrainConfig r9 = load_train_config(root + "/configs/fer2013_resnet9.yaml", {});
+  EXPECT_EQ(r9.model.width, 1.0);
+  EXPECT_EQ(r9.optim.weight_decay, 1e-4);
+  EXPECT_EQ(r9.optim.grad_clip_value, 0.1);
+  EXPECT_EQ(r9.optim.name, "adam");
+  EXPECT_THROW(load_train_config(root + "/configs/demo_cpu.yaml", {"data.loader=disk"}),
+               ConfigError);
+}
+
+}  // namespace
+}  // namespace fer
