@@ -8,6 +8,13 @@
 #include "common/errors.h"
 
 namespace fer {
+namespace {
+// The line format of this process, fixed by init_logging (the rank is part of it).
+std::string& line_pattern() {
+  static std::string pattern = "[%H:%M:%S.%e] [r0] [%^%l%$] %v";
+  return pattern;
+}
+}  // namespace
 
 void init_logging(const LogOptions& options) {
   const auto level = spdlog::level::from_str(options.level);
@@ -27,10 +34,22 @@ void init_logging(const LogOptions& options) {
     }
   }
   auto logger = std::make_shared<spdlog::logger>("fer", sinks.begin(), sinks.end());
-  logger->set_pattern("[%H:%M:%S.%e] [r" + std::to_string(options.rank) + "] [%^%l%$] %v");
+  line_pattern() = "[%H:%M:%S.%e] [r" + std::to_string(options.rank) + "] [%^%l%$] %v";
+  logger->set_pattern(line_pattern());
   logger->set_level(level);
   logger->flush_on(spdlog::level::warn);
   spdlog::set_default_logger(logger);
+}
+
+void add_log_file(const std::string& path) {
+  try {
+    auto sink = std::make_shared<spdlog::sinks::basic_file_sink_mt>(path);
+    auto logger = spdlog::default_logger();
+    sink->set_pattern(line_pattern());
+    logger->sinks().push_back(sink);
+  } catch (const spdlog::spdlog_ex& e) {
+    throw IoError("cannot open log file " + path + ": " + e.what());
+  }
 }
 
 bool RateLimiter::allow(long* suppressed) {

@@ -23,6 +23,10 @@ struct LogOptions {
 // Installs the process-wide default logger. Throws ConfigError for an unknown level.
 void init_logging(const LogOptions& options);
 
+// Adds a file every later line of this process also goes to (e.g. <run>/logs/rank-3.log).
+// Throws IoError when it cannot be opened.
+void add_log_file(const std::string& path);
+
 // Lets an event through at most once per `period`, counting what it suppressed. For warnings in
 // hot loops. Thread-safe.
 class RateLimiter {

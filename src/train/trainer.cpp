@@ -341,6 +341,8 @@ TrainSummary run_training(const TrainConfig& config_in, const TrainRunOptions& o
   const auto resume_from = resolve_resume(opt, hash);
   const fs::path ckpt_dir = opt.run_dir / "checkpoints";
   fs::create_directories(ckpt_dir);
+  fs::create_directories(opt.run_dir / "logs");
+  add_log_file((opt.run_dir / "logs" / "rank-0.log").string());
   write_file_atomic(opt.run_dir / "config.yaml", yaml);
   spdlog::info("fer-dist-train: data {} ({} classes, {}x{}x{}), run {}, device {}, {} threads",
                opt.data_dir.string(), num_classes, manifest.height, manifest.width,

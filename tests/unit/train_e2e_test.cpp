@@ -222,6 +222,73 @@ TEST_F(TrainerE2E, EvalOnlyReportsValAndTestOfACheckpoint) {
   EXPECT_NE(r.output.find("(14 images)"), std::string::npos) << r.output;
 }
 
+// Nearest-class-mean accuracy on raw pixels: class means from train, scored on test.
+double nearest_mean_accuracy(const fs::path& data) {
+  const Manifest m = load_manifest(data);
+  const std::size_t pixels = static_cast<std::size_t>(m.image_bytes());
+  auto read_all = [&](const std::string& split, std::vector<std::uint8_t>* images,
+                      std::vector<std::uint8_t>* labels) {
+    for (int k = 0; k < static_cast<int>(m.split(split).shards.size()); ++k) {
+      ShardReader reader = open_verified_shard(data, m, split, k);
+      const std::size_t at = labels->size();
+      images->resize((at + reader.count()) * pixels);
+      labels->resize(at + reader.count());
+      reader.read_images(0, reader.count(), images->data() + at * pixels);
+      reader.read_labels(0, reader.count(), labels->data() + at);
+    }
+  };
+  std::vector<std::uint8_t> train_x, train_y, test_x, test_y;
+  read_all("train", &train_x, &train_y);
+  read_all("test", &test_x, &test_y);
+  const std::size_t k = m.classes.size();
+  std::vector<double> means(k * pixels, 0.0);
+  std::vector<double> counts(k, 0.0);
+  for (std::size_t i = 0; i < train_y.size(); ++i) {
+    counts[train_y[i]] += 1;
+    for (std::size_t p = 0; p < pixels; ++p) means[train_y[i] * pixels + p] += train_x[i * pixels + p];
+  }
+  for (std::size_t c = 0; c < k; ++c) {
+    for (std::size_t p = 0; p < pixels; ++p) means[c * pixels + p] /= std::max(1.0, counts[c]);
+  }
+  int correct = 0;
+  for (std::size_t i = 0; i < test_y.size(); ++i) {
+    double best = 1e300;
+    std::size_t best_class = 0;
+    for (std::size_t c = 0; c < k; ++c) {
+      double d = 0;
+      for (std::size_t p = 0; p < pixels; ++p) {
+        const double diff = test_x[i * pixels + p] - means[c * pixels + p];
+        d += diff * diff;
+      }
+      if (d < best) best = d, best_class = c;
+    }
+    correct += best_class == test_y[i];
+  }
+  return static_cast<double>(correct) / test_y.size();
+}
+
+TEST(TrainerDemo, LearnsSynthFarAboveChanceAndBeatsTheNearestMeanBaseline) {
+  TempFolder tmp("train_demo");
+  auto r = run_command(tool("fer-synth") + " " + quote(tmp / "src") + " --per-class 150 --seed 5");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  // 32x32 keeps this test near a minute on 2 cores; the recipe is configs/demo_cpu.yaml.
+  r = run_command(tool("fer-pack") + " imagefolder " + quote(tmp / "src") + " " +
+                  quote(tmp / "data") + " -q --size 32");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  r = run_command(tool("fer-dist-train") + " --config " + FER_SOURCE_DIR +
+                  "/configs/demo_cpu.yaml --data " + quote(tmp / "data") + " --out " +
+                  quote(tmp / "run") + " --set train.epochs=5 --set train.batch_size=32");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const json summary = json::parse(read_file(tmp / "run" / "summary.json"));
+  const double val = summary["best_val_accuracy"], test = summary["test"]["accuracy"];
+  const double baseline = nearest_mean_accuracy(tmp / "data");
+  std::printf("demo: val accuracy %.3f, test accuracy %.3f, nearest-mean baseline %.3f\n", val,
+              test, baseline);
+  EXPECT_GT(val, 0.5);   // chance is 1/7 = 0.14
+  EXPECT_GT(test, 0.5);
+  EXPECT_GT(test, baseline + 0.2);
+}
+
 TEST(Checkpoint, AFailedWriteLeavesThePreviousCheckpointLoadable) {
   TempFolder tmp("ckpt_full");
   ResNet9Options options;
