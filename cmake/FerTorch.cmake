@@ -7,11 +7,11 @@ add_library(fer_torch_pch OBJECT ${PROJECT_SOURCE_DIR}/cmake/torch_pch.cpp)
 target_link_libraries(fer_torch_pch PUBLIC ${TORCH_LIBRARIES})
 target_compile_options(fer_torch_pch PUBLIC ${TORCH_CXX_FLAGS})
 target_precompile_headers(fer_torch_pch PUBLIC <torch/torch.h>)
-set_target_properties(fer_torch_pch PROPERTIES POSITION_INDEPENDENT_CODE ON)
+# No POSITION_INDEPENDENT_CODE anywhere: GCC refuses a PCH built with -fPIC in a target compiled
+# with -fPIE (executables). Debian's GCC defaults to PIE, which suits static libs and executables.
 
 function(fer_use_torch target)
   target_link_libraries(${target} PUBLIC ${TORCH_LIBRARIES})
   target_compile_options(${target} PUBLIC ${TORCH_CXX_FLAGS})
-  set_target_properties(${target} PROPERTIES POSITION_INDEPENDENT_CODE ON)
   target_precompile_headers(${target} REUSE_FROM fer_torch_pch)
 endfunction()
