@@ -1,0 +1,141 @@
+#include "dist/grad_sync.h"
+
+#include <torch/torch.h>
+
+#include <chrono>
+
+#include "common/errors.h"
+#include "dist/mpi_context.h"
+
+namespace fer {
+
+GradSync::GradSync(std::vector<at::Tensor> params, Communicator& comm,
+                   const GradSyncOptions& options)
+    : params_(std::move(params)), comm_(comm), options_(options) {
+  FER_CHECK(options.bucket_mb > 0 && options.first_bucket_mb > 0, ConfigError,
+            "dist.bucket_mb must be > 0");
+  bucket_of_.resize(params_.size());
+  slot_of_.resize(params_.size());
+  filled_.assign(params_.size(), false);
+  // Reverse registration order: the order backward produces gradients in.
+  std::int64_t bucket_bytes = 0;
+  for (std::size_t k = params_.size(); k-- > 0;) {
+    const at::Tensor& p = params_[k];
+    FER_CHECK(p.requires_grad(), ConfigError, "GradSync: parameter ", k, " needs no gradient");
+    const std::int64_t bytes = p.numel() * static_cast<std::int64_t>(p.element_size());
+    const double cap_mb = buckets_.size() <= 1 ? options.first_bucket_mb : options.bucket_mb;
+    const bool full = !buckets_.empty() && (bucket_bytes + bytes > cap_mb * 1024 * 1024 ||
+                                            params_[buckets_.back().slots.front().param]
+                                                    .scalar_type() != p.scalar_type());
+    if (buckets_.empty() || full) {
+      bucket_bytes = 0;
+      buckets_.emplace_back();
+    }
+    Bucket& b = buckets_.back();
+    const std::int64_t offset = b.slots.empty() ? 0 : b.slots.back().offset + b.slots.back().numel;
+    b.slots.push_back({k, offset, p.numel()});
+    bucket_of_[k] = buckets_.size() - 1;
+    slot_of_[k] = b.slots.size() - 1;
+    bucket_bytes += bytes;
+  }
+  for (auto& b : buckets_) {
+    const auto& first = params_[b.slots.front().param];
+    const std::int64_t numel = b.slots.back().offset + b.slots.back().numel;
+    b.buffer = torch::zeros({numel}, first.options().requires_grad(false));
+  }
+  if (options_.overlap) {
+    for (std::size_t k = 0; k < params_.size(); ++k) {
+      hook_ids_.push_back(params_[k].register_hook([this, k](at::Tensor grad) {
+        on_gradient(k, grad);
+      }));
+    }
+  }
+}
+
+GradSync::~GradSync() {
+  for (std::size_t k = 0; k < hook_ids_.size(); ++k) {
+    try {
+      params_[k].remove_hook(hook_ids_[k]);
+    } catch (...) {
+      // the parameter may already be gone with its module
+    }
+  }
+  // Collectives still in flight own their buffers through the communicator; nothing to do.
+}
+
+std::vector<std::int64_t> GradSync::bucket_numels() const {
+  std::vector<std::int64_t> out;
+  for (const auto& b : buckets_) out.push_back(b.buffer.numel());
+  return out;
+}
+
+void GradSync::on_gradient(std::size_t k, const at::Tensor& grad) {
+  FER_CHECK(!filled_[k], CommError, "GradSync: parameter ", k,
+            " received two gradients in one backward (a parameter used twice is not supported)");
+  filled_[k] = true;
+  Bucket& b = buckets_[bucket_of_[k]];
+  const Slot& slot = b.slots[slot_of_[k]];
+  b.buffer.narrow(0, slot.offset, slot.numel).copy_(grad.reshape({-1}));
+  ++b.ready;
+  issue_ready_buckets();
+}
+
+void GradSync::issue_ready_buckets() {
+  while (next_to_issue_ < buckets_.size() &&
+         buckets_[next_to_issue_].ready == buckets_[next_to_issue_].slots.size()) {
+    Bucket& b = buckets_[next_to_issue_];
+    b.work = comm_.allreduce_async(b.buffer, ReduceOp::kAvg);
+    ++next_to_issue_;
+  }
+}
+
+void GradSync::finish(std::int64_t step) {
+  if (!options_.overlap) {
+    for (std::size_t k = 0; k < params_.size(); ++k) {
+      const at::Tensor& g = params_[k].grad();
+      on_gradient(k, g.defined() ? g : torch::zeros_like(params_[k]));
+    }
+  } else {
+    // A parameter backward did not reach: contributes zeros, the same on every rank.
+    for (std::size_t k = 0; k < params_.size(); ++k) {
+      if (!filled_[k]) on_gradient(k, torch::zeros_like(params_[k]));
+    }
+  }
+  FER_CHECK(next_to_issue_ == buckets_.size(), CommError, "GradSync: bucket ", next_to_issue_,
+            " was never completed");
+  const auto start = std::chrono::steady_clock::now();
+  for (std::size_t i = 0; i < buckets_.size(); ++i) {
+    Bucket& b = buckets_[i];
+    if (!b.work->wait_for(options_.timeout_s)) {
+      abort_job(static_cast<int>(ExitCode::kComm),
+                "gradient all-reduce timed out after " + std::to_string(options_.timeout_s) +
+                    " s at step " + std::to_string(step) + ", bucket " + std::to_string(i) + "/" +
+                    std::to_string(buckets_.size()) + ": " + b.work->describe() +
+                    " (another rank died or hangs)");
+    }
+    b.work->wait();  // rethrows a failure
+    b.work.reset();
+  }
+  last_wait_seconds_ =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  for (auto& b : buckets_) {
+    for (const Slot& slot : b.slots) {
+      at::Tensor& p = params_[slot.param];
+      const at::Tensor avg = b.buffer.narrow(0, slot.offset, slot.numel).view_as(p);
+      if (p.mutable_grad().defined()) {
+        p.mutable_grad().copy_(avg);
+      } else {
+        p.mutable_grad() = avg.clone();
+      }
+    }
+  }
+  reset_step();
+}
+
+void GradSync::reset_step() {
+  std::fill(filled_.begin(), filled_.end(), false);
+  for (auto& b : buckets_) b.ready = 0;
+  next_to_issue_ = 0;
+}
+
+}  // namespace fer
