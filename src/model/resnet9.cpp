@@ -5,23 +5,24 @@
 #include <cmath>
 
 namespace fer {
-namespace {
 
-ConvBlock conv_block(int in, int out, bool pool) { return ConvBlock(in, out, pool); }
-
-}  // namespace
-
-ConvBlockImpl::ConvBlockImpl(int in_channels, int out_channels, bool pool) : pool_(pool) {
+ConvBlockImpl::ConvBlockImpl(int in_channels, int out_channels, bool pool, bool sync_bn)
+    : pool_(pool) {
   // Registered as "0" and "1" so parameter names match the reference's nn.Sequential.
   conv_ = register_module(
       "0", torch::nn::Conv2d(torch::nn::Conv2dOptions(in_channels, out_channels,
                                                       /*kernel_size=*/3)
                                  .padding(1)));
-  bn_ = register_module("1", torch::nn::BatchNorm2d(out_channels));
+  if (sync_bn) {
+    sync_bn_ = register_module("1", SyncBatchNorm2d(out_channels));
+  } else {
+    bn_ = register_module("1", torch::nn::BatchNorm2d(out_channels));
+  }
 }
 
 torch::Tensor ConvBlockImpl::forward(torch::Tensor x) {
-  x = bn_->forward(conv_->forward(x));
+  x = conv_->forward(x);
+  x = sync_bn_ ? sync_bn_->forward(x) : bn_->forward(x);
   x.relu_();
   return pool_ ? torch::max_pool2d(x, /*kernel_size=*/{2, 2}) : x;
 }
@@ -32,6 +33,9 @@ int scaled_width(int base, double width) {
 
 ResNet9Impl::ResNet9Impl(const ResNet9Options& options) : options_(options) {
   const auto w = [&](int c) { return scaled_width(c, options.width); };
+  const auto conv_block = [&](int in, int out, bool pool) {
+    return ConvBlock(in, out, pool, options.sync_bn);
+  };
   conv1_ = register_module("conv1", conv_block(options.in_channels, w(64), false));
   conv2_ = register_module("conv2", conv_block(w(64), w(128), true));
   res1_ = register_module("res1", torch::nn::Sequential(conv_block(w(128), w(128), false),
@@ -42,6 +46,12 @@ ResNet9Impl::ResNet9Impl(const ResNet9Options& options) : options_(options) {
                                                         conv_block(w(512), w(512), false)));
   dropout_ = register_module("dropout", torch::nn::Dropout(options.dropout));
   classifier_ = register_module("classifier", torch::nn::Linear(w(512), options.num_classes));
+}
+
+void ResNet9Impl::set_allreduce(const AllReduceSum& allreduce) {
+  for (const auto& module : modules(/*include_self=*/false)) {
+    if (auto* sync_bn = module->as<SyncBatchNorm2dImpl>()) sync_bn->set_allreduce(allreduce);
+  }
 }
 
 torch::Tensor ResNet9Impl::forward(torch::Tensor x) {

@@ -12,6 +12,8 @@
 #include <torch/nn/modules/dropout.h>
 #include <torch/nn/modules/linear.h>
 
+#include "model/sync_batchnorm.h"
+
 namespace fer {
 
 struct ResNet9Options {
@@ -19,20 +21,23 @@ struct ResNet9Options {
   int num_classes = 7;   // from the manifest
   double width = 1.0;    // channel multiplier
   double dropout = 0.2;  // before the classifier
+  bool sync_bn = false;  // SyncBatchNorm2d instead of BatchNorm2d (same parameter names)
 };
 
 // Channels of a width-scaled layer: max(1, round(base * width)) (the reference's rounding).
 int scaled_width(int base, double width);
 
-// 3x3 conv (pad 1) + BatchNorm + ReLU, optionally followed by 2x2 max-pool.
+// 3x3 conv (pad 1) + BatchNorm (or SyncBatchNorm) + ReLU, optionally followed by 2x2 max-pool.
 class ConvBlockImpl : public torch::nn::Module {
  public:
-  ConvBlockImpl(int in_channels, int out_channels, bool pool);
+  ConvBlockImpl(int in_channels, int out_channels, bool pool, bool sync_bn = false);
   torch::Tensor forward(torch::Tensor x);
 
  private:
   torch::nn::Conv2d conv_{nullptr};
+  // Exactly one of the two is set; either is registered as "1".
   torch::nn::BatchNorm2d bn_{nullptr};
+  SyncBatchNorm2d sync_bn_{nullptr};
   bool pool_;
 };
 TORCH_MODULE(ConvBlock);
@@ -43,6 +48,9 @@ class ResNet9Impl : public torch::nn::Module {
   // x: [N, C, H, W] float, normalized. Returns logits [N, K].
   torch::Tensor forward(torch::Tensor x);
   const ResNet9Options& options() const { return options_; }
+  // Gives every SyncBatchNorm2d layer the all-reduce it uses in training (empty: a world of 1).
+  // No effect when options().sync_bn is false.
+  void set_allreduce(const AllReduceSum& allreduce);
 
  private:
   ResNet9Options options_;
