@@ -8,6 +8,8 @@
 #include "common/cancel.h"
 #include "common/errors.h"
 #include "common/logging.h"
+#include "dist/communicator.h"
+#include "dist/mpi_context.h"
 #include "train/train_config.h"
 #include "train/trainer.h"
 
@@ -29,8 +31,8 @@ constexpr const char* kExitCodes =
 }  // namespace
 
 int main(int argc, char** argv) {
-  CLI::App app{"fer-dist-train: train ResNet9 on a fer-pack dataset (one process; the same "
-               "binary runs under mpirun)"};
+  CLI::App app{"fer-dist-train: train ResNet9 on a fer-pack dataset: one process, or data "
+               "parallel under mpirun/srun (mpirun -np 8 fer-dist-train ...)"};
   app.footer(std::string("\nExamples:\n"
                          "  fer-dist-train --config configs/demo_cpu.yaml --data data/synth "
                          "--out runs/demo\n"
@@ -66,36 +68,65 @@ int main(int argc, char** argv) {
   }
   (void)out;
 
+  // MPI first: every rank of the job, a world of one without a launcher.
+  std::unique_ptr<MpiContext> mpi;
+  try {
+    mpi = std::make_unique<MpiContext>(&argc, &argv);
+  } catch (const Error& e) {
+    std::fprintf(stderr, "fer-dist-train: error: %s\n", e.what());
+    return e.exit_code();
+  }
+  const int world = mpi->size();
+  const int rank = mpi->rank();
   try {
     LogOptions log_options;
     log_options.level = log_level;
+    log_options.rank = rank;
     init_logging(log_options);
     install_cancel_handlers();
     if (!eval_only.empty()) {
-      std::printf("%s\n", evaluate_checkpoint(eval_only, data_dir, device, 256, threads).c_str());
+      if (rank == 0) {
+        std::printf("%s\n",
+                    evaluate_checkpoint(eval_only, data_dir, device, 256, threads).c_str());
+      }
       return 0;
     }
     const TrainConfig config = load_train_config(config_path, overrides);
+    const std::string device_name = resolve_device_name(device);
+    std::string backend = config.dist.backend;
+    if (backend == "auto") backend = device_name.rfind("cuda", 0) == 0 ? "nccl" : "mpi";
+    std::unique_ptr<Communicator> comm = make_communicator(backend, *mpi);
+    if (rank == 0 && world > 1) spdlog::info("{} ranks, backend {}", world, backend);
     TrainRunOptions options;
     options.data_dir = data_dir;
     options.run_dir = run_dir;
     options.resume = resume;
-    options.device = device;
+    options.device = world > 1 && device_name.rfind("cuda", 0) == 0
+                         ? "cuda:" + std::to_string(mpi->local_rank())
+                         : device_name;
     options.threads = threads;
+    options.comm = comm.get();
     const TrainSummary summary = run_training(config, options);
-    std::printf("fer-dist-train: %lld steps, best val accuracy %.4f", 
-                static_cast<long long>(summary.steps), summary.best_val_accuracy);
-    if (summary.test_accuracy >= 0) std::printf(", test accuracy %.4f", summary.test_accuracy);
-    std::printf(", %.0f images/s -> %s\n", summary.images_per_second, run_dir.c_str());
+    if (rank == 0) {
+      std::printf("fer-dist-train: %lld steps on %d rank(s), best val accuracy %.4f",
+                  static_cast<long long>(summary.steps), world, summary.best_val_accuracy);
+      if (summary.test_accuracy >= 0) std::printf(", test accuracy %.4f", summary.test_accuracy);
+      std::printf(", %.0f images/s -> %s\n", summary.images_per_second, run_dir.c_str());
+    }
+    comm.reset();
     return 0;
   } catch (const Interrupted&) {
-    std::fprintf(stderr, "fer-dist-train: interrupted\n");
+    std::fprintf(stderr, "fer-dist-train: rank %d interrupted\n", rank);
     return static_cast<int>(ExitCode::kInterrupted);
   } catch (const Error& e) {
-    std::fprintf(stderr, "fer-dist-train: error: %s\n", e.what());
-    if (!e.hint().empty()) std::fprintf(stderr, "  hint: %s\n", e.hint().c_str());
+    std::string message = e.what();
+    if (!e.hint().empty()) message += "\n  hint: " + e.hint();
+    // Other ranks may be waiting in a collective for this one: stop the whole job.
+    if (world > 1) abort_job(e.exit_code(), "rank " + std::to_string(rank) + ": " + message);
+    std::fprintf(stderr, "fer-dist-train: error: %s\n", message.c_str());
     return e.exit_code();
   } catch (const std::exception& e) {
+    if (world > 1) abort_job(1, "rank " + std::to_string(rank) + ": internal error: " + e.what());
     std::fprintf(stderr, "fer-dist-train: internal error: %s\n", e.what());
     return static_cast<int>(ExitCode::kFailure);
   }

@@ -21,6 +21,8 @@
 #include "data/checksum.h"
 #include "data/loader.h"
 #include "data/manifest.h"
+#include "dist/communicator.h"
+#include "dist/grad_sync.h"
 #include "model/resnet9.h"
 #include "train/checkpoint.h"
 #include "train/metrics.h"
@@ -43,18 +45,20 @@ double seconds_since(Clock::time_point t) {
 }
 
 // The config fields that change how fast a run goes but not what it computes: a resume may
-// change them, and the config hash ignores them.
-TrainConfig numerics_only(TrainConfig c) {
+// change them, and the config hash ignores them. The per-rank batch counts as the global batch
+// (batch x world size), so a run can resume on another number of ranks.
+TrainConfig numerics_only(TrainConfig c, int world) {
   c.train.threads = 0;
   c.data.workers = 1;
   c.data.prefetch_batches = 1;
   c.train.log_every = 1;
   c.train.max_steps = 0;
+  c.train.batch_size *= world;
   return c;
 }
 
-std::string config_hash(const TrainConfig& config) {
-  TrainConfig copy = numerics_only(config);
+std::string config_hash(const TrainConfig& config, int world) {
+  TrainConfig copy = numerics_only(config, world);
   const std::string yaml = train_config_yaml(copy);
   Sha256 sha;
   sha.update(yaml.data(), yaml.size());
@@ -286,24 +290,15 @@ CheckpointMeta make_meta(const Manifest& m, const ResNet9& model, const TrainCon
   return meta;
 }
 
-// Decides where a run starts: a fresh run folder, or a checkpoint to resume from.
-std::optional<fs::path> resolve_resume(const TrainRunOptions& opt, const std::string& hash) {
-  const fs::path config_path = opt.run_dir / "config.yaml";
-  const bool existing = fs::exists(config_path);
+// Decides where a run starts: a fresh run folder, or a checkpoint to resume from (whose config
+// hash is checked against this run's once it is read).
+std::optional<fs::path> resolve_resume(const TrainRunOptions& opt) {
   if (opt.resume.empty()) {
-    if (existing) {
+    if (fs::exists(opt.run_dir / "config.yaml")) {
       throw ConfigError("run folder " + opt.run_dir.string() + " already holds a run",
                         "pass --resume auto to continue it, or choose another --out");
     }
     return std::nullopt;
-  }
-  if (existing) {
-    const TrainConfig previous = load_train_config(config_path.string(), {});
-    if (config_hash(previous) != hash) {
-      throw ConfigError("the config differs from the one of the run in " + opt.run_dir.string() +
-                            " (" + config_path.string() + ")",
-                        "resume with the same config, or start a new run with another --out");
-    }
   }
   if (opt.resume == "auto") {
     auto found = newest_valid_checkpoint(opt.run_dir / "checkpoints");
@@ -316,12 +311,93 @@ std::optional<fs::path> resolve_resume(const TrainRunOptions& opt, const std::st
 
 }  // namespace
 
+namespace {
+
+// Sums an evaluation over ranks: confusion counts and losses (each rank saw a disjoint part of
+// the split, so the sums are the whole split's).
+void reduce_eval(EvalResult* r, Communicator& comm) {
+  auto& counts = r->confusion.counts();
+  const double local_loss_sum = r->loss * static_cast<double>(r->confusion.total());
+  at::Tensor c = torch::tensor(counts, torch::kInt64);
+  comm.allreduce(c, ReduceOp::kSum);
+  std::copy(c.data_ptr<std::int64_t>(), c.data_ptr<std::int64_t>() + c.numel(), counts.begin());
+  at::Tensor loss = torch::tensor({local_loss_sum}, torch::kFloat64);
+  comm.allreduce(loss, ReduceOp::kSum);
+  const auto n = r->confusion.total();
+  r->loss = n ? loss.item<double>() / n : 0.0;
+}
+
+// 64-bit prefix of a SHA-256, as a signed integer for an int64 all-gather.
+std::int64_t hash64(const std::string& text) {
+  Sha256 sha;
+  sha.update(text.data(), text.size());
+  return static_cast<std::int64_t>(std::stoull(sha.hex_digest().substr(0, 15), nullptr, 16));
+}
+
+// Start-up agreement (DESIGN.md): every rank must train the same thing. Compares hashes of the
+// resolved config, the manifest and the parameter shapes; a mismatch stops every rank with the
+// same error naming the rank and the item.
+void check_agreement(Communicator& comm, const std::string& config_yaml, const Manifest& manifest,
+                     ResNet9& model) {
+  std::string shapes;
+  for (const auto& p : model->named_parameters()) {
+    shapes += p.key() + ":" + std::to_string(p.value().numel()) + ";";
+  }
+  const char* items[] = {"config", "dataset manifest", "model parameter shapes"};
+  at::Tensor mine = torch::tensor(
+      {hash64(config_yaml), hash64(manifest_to_json(manifest)), hash64(shapes)}, torch::kInt64);
+  const at::Tensor all = comm.allgather(mine).view({comm.size(), 3});
+  for (int r = 1; r < comm.size(); ++r) {
+    for (int i = 0; i < 3; ++i) {
+      if (all[r][i].item<std::int64_t>() != all[0][i].item<std::int64_t>()) {
+        throw CommError(std::string("start-up agreement failed: rank ") + std::to_string(r) +
+                            "'s " + items[i] + " differs from rank 0's",
+                        "every rank must get the same --config, --set, --data and build");
+      }
+    }
+  }
+}
+
+void broadcast_model(Communicator& comm, ResNet9& model) {
+  torch::NoGradGuard no_grad;
+  for (auto& p : model->parameters()) {
+    at::Tensor t = p.data();
+    comm.broadcast(t, 0);
+  }
+  for (auto& b : model->buffers()) comm.broadcast(b, 0);
+}
+
+// Every rank's parameters and buffers, copied (the best model so far, kept in memory).
+std::vector<at::Tensor> snapshot(ResNet9& model) {
+  std::vector<at::Tensor> out;
+  for (const auto& p : model->parameters()) out.push_back(p.detach().clone());
+  for (const auto& b : model->buffers()) out.push_back(b.detach().clone());
+  return out;
+}
+
+void restore(ResNet9& model, const std::vector<at::Tensor>& saved) {
+  torch::NoGradGuard no_grad;
+  std::size_t i = 0;
+  for (auto& p : model->parameters()) p.copy_(saved[i++]);
+  for (auto& b : model->buffers()) b.copy_(saved[i++]);
+}
+
+[[noreturn]] void hang_forever() {
+  while (true) std::this_thread::sleep_for(std::chrono::seconds(1));
+}
+
+}  // namespace
+
 TrainSummary run_training(const TrainConfig& config_in, const TrainRunOptions& opt) {
   TrainConfig config = config_in;
   config.validate();
+  Communicator* comm = opt.comm;
+  const int rank = comm ? comm->rank() : 0;
+  const int world = comm ? comm->size() : 1;
+  const bool leader = rank == 0;
   const auto started = Clock::now();
   const int threads = configure_threads(opt.threads > 0 ? opt.threads : config.train.threads);
-  check_blas();
+  if (leader) check_blas();
   const torch::Device device(resolve_device_name(opt.device));
   const Manifest manifest = load_manifest(opt.data_dir);
   if (manifest.height < kMinSide || manifest.width < kMinSide) {
@@ -337,17 +413,24 @@ TrainSummary run_training(const TrainConfig& config_in, const TrainRunOptions& o
   const int num_classes = static_cast<int>(manifest.classes.size());
 
   const std::string yaml = train_config_yaml(config);
-  const std::string hash = config_hash(config);
-  const auto resume_from = resolve_resume(opt, hash);
+  const std::string hash = config_hash(config, world);
+  const auto resume_from = resolve_resume(opt);
   const fs::path ckpt_dir = opt.run_dir / "checkpoints";
-  fs::create_directories(ckpt_dir);
+  if (comm) comm->barrier();  // every rank has looked at the run folder before rank 0 writes it
   fs::create_directories(opt.run_dir / "logs");
-  add_log_file((opt.run_dir / "logs" / "rank-0.log").string());
-  write_file_atomic(opt.run_dir / "config.yaml", yaml);
-  spdlog::info("fer-dist-train: data {} ({} classes, {}x{}x{}), run {}, device {}, {} threads",
+  add_log_file((opt.run_dir / "logs" / ("rank-" + std::to_string(rank) + ".log")).string());
+  if (leader) {
+    fs::create_directories(ckpt_dir);
+    write_file_atomic(opt.run_dir / "config.yaml", yaml);
+  }
+  const bool sync_bn =
+      config.model.sync_bn == "on" || (config.model.sync_bn == "auto" && world > 1);
+  spdlog::info("fer-dist-train: data {} ({} classes, {}x{}x{}), run {}, device {}, {} rank(s) x "
+               "{} threads, SyncBN {}",
                opt.data_dir.string(), num_classes, manifest.height, manifest.width,
-               manifest.channels, opt.run_dir.string(), device.str(), threads);
-  spdlog::info("resolved config (hash {}):\n{}", hash, yaml);
+               manifest.channels, opt.run_dir.string(), device.str(), world, threads,
+               sync_bn ? "on" : "off");
+  if (leader) spdlog::info("resolved config (hash {}):\n{}", hash, yaml);
 
   torch::manual_seed(derive_seed({static_cast<std::uint64_t>(config.train.seed), kInitTag}));
   ResNet9Options model_options;
@@ -355,13 +438,21 @@ TrainSummary run_training(const TrainConfig& config_in, const TrainRunOptions& o
   model_options.num_classes = num_classes;
   model_options.width = config.model.width;
   model_options.dropout = config.model.dropout;
+  model_options.sync_bn = sync_bn;
   ResNet9 model(model_options);
   model->to(device);
+  if (sync_bn && comm) {
+    model->set_allreduce([comm](torch::Tensor& t) { comm->allreduce(t, ReduceOp::kSum); });
+  }
+  if (comm && world > 1) {
+    check_agreement(*comm, yaml, manifest, model);
+    broadcast_model(*comm, model);
+  }
   auto optimizer = make_optimizer(config.optim, config.schedule.max_lr, model);
 
-  TrainLoader loader(opt.data_dir, manifest, /*world_size=*/1, /*rank=*/0,
-                     loader_options(config));
-  EvalLoader val_loader(opt.data_dir, manifest, "val", 1, 0, config.train.eval_batch_size);
+  TrainLoader loader(opt.data_dir, manifest, world, rank, loader_options(config));
+  EvalLoader val_loader(opt.data_dir, manifest, "val", world, rank,
+                        config.train.eval_batch_size);
   const std::int64_t steps_per_epoch = loader.steps_per_epoch();
   const std::int64_t total_steps = steps_per_epoch * config.train.epochs;
   const OneCycleSchedule schedule(
@@ -371,34 +462,71 @@ TrainSummary run_training(const TrainConfig& config_in, const TrainRunOptions& o
                                  : total_steps;
 
   CheckpointMeta meta = make_meta(manifest, model, config, yaml, hash);
+  meta.world_size = world;
   std::int64_t step = 0, epoch = 0, first_step_in_epoch = 0;
   if (resume_from) {
     CheckpointMeta saved;
     load_checkpoint_into(*resume_from, model, optimizer.get(), &saved);
     if (saved.config_hash != hash) {
-      throw CheckpointError(resume_from->string() + " was written by a run with another config",
-                            "resume with the config that wrote it");
+      throw ConfigError("the config differs from the one that wrote " + resume_from->string() +
+                            " (only threads, workers, logging, max_steps and the split of the "
+                            "global batch over ranks may change on resume)",
+                        "resume with the same config, or start a new run with another --out");
     }
     step = saved.step;
     epoch = saved.epoch;
     first_step_in_epoch = saved.step_in_epoch;
     meta.best_val_accuracy = saved.best_val_accuracy;
     meta.best_step = saved.best_step;
-    spdlog::info("resuming from {} at step {} (epoch {}, step {} of it)", resume_from->string(),
-                 step, epoch, first_step_in_epoch);
+    spdlog::info("resuming from {} at step {} (epoch {}, step {} of it; written by {} rank(s))",
+                 resume_from->string(), step, epoch, first_step_in_epoch, saved.world_size);
   }
-  MetricsLog metrics(opt.run_dir / "metrics.jsonl", resume_from ? step : -1);
+  std::unique_ptr<MetricsLog> metrics;
+  if (leader) {
+    metrics = std::make_unique<MetricsLog>(opt.run_dir / "metrics.jsonl",
+                                           resume_from ? step : -1);
+  }
+  std::unique_ptr<GradSync> grad_sync;
+  if (comm && world > 1) {
+    GradSyncOptions gs;
+    gs.bucket_mb = config.dist.bucket_mb;
+    gs.overlap = config.dist.overlap;
+    gs.timeout_s = config.dist.comm_timeout_s;
+    grad_sync = std::make_unique<GradSync>(model->parameters(), *comm, gs);
+    spdlog::info("GradSync: {} buckets, overlap {}", grad_sync->num_buckets(),
+                 config.dist.overlap ? "on" : "off");
+  }
 
   auto save = [&](std::int64_t next_epoch, std::int64_t next_step_in_epoch) {
+    if (!leader) return;
     meta.step = step;
     meta.epoch = next_epoch;
     meta.step_in_epoch = next_step_in_epoch;
     save_checkpoint(ckpt_dir / checkpoint_file_name(step), model, optimizer.get(), meta);
     prune_checkpoints(ckpt_dir, config.checkpoint.keep_last);
   };
+  // The mean of a per-rank scalar over ranks (the global batch's mean loss for equal batches).
+  auto global_mean = [&](double value) {
+    if (!comm || world == 1) return value;
+    at::Tensor t = torch::tensor({value}, torch::kFloat64);
+    comm->allreduce(t, ReduceOp::kAvg);
+    return t.item<double>();
+  };
+  auto global_sum = [&](std::int64_t value) {
+    if (!comm || world == 1) return value;
+    at::Tensor t = torch::tensor({value}, torch::kInt64);
+    comm->allreduce(t, ReduceOp::kSum);
+    return t.item<std::int64_t>();
+  };
+  auto evaluate_all = [&](EvalLoader& l) {
+    EvalResult r = evaluate(model, l, manifest, device);
+    if (comm && world > 1) reduce_eval(&r, *comm);
+    return r;
+  };
 
   std::int64_t images_trained = 0, skipped_steps = 0;
-  double train_seconds = 0.0;
+  double train_seconds = 0.0, exposed_comm_seconds = 0.0;
+  std::vector<at::Tensor> best_state;
   RateLimiter nonfinite_warnings(std::chrono::seconds(10));
   const FaultPlan fault = fault_plan_from_env();
   namespace F = torch::nn::functional;
@@ -414,7 +542,15 @@ TrainSummary run_training(const TrainConfig& config_in, const TrainRunOptions& o
     std::int64_t window_images = 0;
     Batch batch;
     while (step < last_step && loader.next(&batch)) {
-      if (cancel_requested()) {
+      if (fault.fires(rank, step, "exit")) {
+        spdlog::critical("fault injection: rank {} exits at step {}", rank, step);
+        std::_Exit(99);
+      }
+      if (fault.fires(rank, step, "hang")) {
+        spdlog::critical("fault injection: rank {} hangs at step {}", rank, step);
+        hang_forever();
+      }
+      if (global_sum(cancel_requested() ? 1 : 0) > 0) {  // every rank stops at the same step
         save(epoch, batch.step);
         spdlog::warn("interrupted: checkpoint written at step {}; resume with --resume auto",
                      step);
@@ -425,14 +561,14 @@ TrainSummary run_training(const TrainConfig& config_in, const TrainRunOptions& o
       set_lr_and_beta1(*optimizer, config.optim.name, lr, beta1);
       torch::manual_seed(
           derive_seed({static_cast<std::uint64_t>(config.train.seed), kDropoutTag,
-                       static_cast<std::uint64_t>(step)}));
+                       static_cast<std::uint64_t>(step), static_cast<std::uint64_t>(rank)}));
       const auto x = batch_images(batch, manifest, device);
       const auto y = batch_labels(batch, device);
-      optimizer->zero_grad();
+      for (auto& p : model->parameters()) p.mutable_grad().reset();  // set_to_none
       const auto logits = model->forward(x);
       auto loss = F::cross_entropy(logits, y, ce_options);
-      if (fault.fires(/*rank=*/0, step, "nan")) loss = loss * std::nan("");
-      const double loss_value = loss.item<double>();
+      if (fault.fires(rank, step, "nan")) loss = loss * std::nan("");
+      const double loss_value = global_mean(loss.item<double>());
       if (!std::isfinite(loss_value)) {
         if (!config.train.skip_nonfinite) {
           throw TrainingError(
@@ -452,6 +588,10 @@ TrainSummary run_training(const TrainConfig& config_in, const TrainRunOptions& o
         continue;
       }
       loss.backward();
+      if (grad_sync) {
+        grad_sync->finish(step);
+        exposed_comm_seconds += grad_sync->last_wait_seconds();
+      }
       if (config.optim.grad_clip_value > 0) {
         torch::nn::utils::clip_grad_value_(model->parameters(), config.optim.grad_clip_value);
       }
@@ -465,9 +605,12 @@ TrainSummary run_training(const TrainConfig& config_in, const TrainRunOptions& o
       seen += batch.size;
       window_images += batch.size;
       if (step % config.train.log_every == 0 || step == last_step) {
-        const double rate = window_images / std::max(1e-9, seconds_since(window_start));
-        metrics.append({{"type", "step"}, {"step", step}, {"epoch", epoch}, {"loss", loss_value},
-                        {"lr", lr}, {"beta1", beta1}, {"images_per_s", rate}});
+        const double rate = world * window_images / std::max(1e-9, seconds_since(window_start));
+        if (metrics) {
+          metrics->append({{"type", "step"}, {"step", step}, {"epoch", epoch},
+                           {"loss", loss_value}, {"lr", lr}, {"beta1", beta1},
+                           {"images_per_s", rate}});
+        }
         spdlog::info("epoch {} step {}/{} loss {:.4f} lr {:.3e} {:.0f} img/s", epoch, step,
                      last_step, loss_value, lr, rate);
         window_start = Clock::now();
@@ -476,16 +619,18 @@ TrainSummary run_training(const TrainConfig& config_in, const TrainRunOptions& o
     }
     const double epoch_seconds = seconds_since(epoch_start);
     train_seconds += epoch_seconds;
-    images_trained += seen;
+    const std::int64_t global_seen = global_sum(seen);
+    const std::int64_t global_correct = global_sum(correct);
+    images_trained += global_seen;
     const bool last = epoch + 1 == config.train.epochs || step >= last_step;
     json record{{"type", "epoch"},
                 {"epoch", epoch},
                 {"step", step},
                 {"train_loss", seen ? loss_sum / seen : 0.0},
-                {"train_accuracy", seen ? double(correct) / seen : 0.0},
+                {"train_accuracy", global_seen ? double(global_correct) / global_seen : 0.0},
                 {"seconds", epoch_seconds}};
     if ((epoch + 1) % config.train.eval_every == 0 || last) {
-      const EvalResult val = evaluate(model, val_loader, manifest, device);
+      const EvalResult val = evaluate_all(val_loader);
       record["val"] = eval_json(val, manifest.classes);
       const double acc = val.confusion.accuracy();
       spdlog::info("epoch {} done: train loss {:.4f} acc {:.4f} | val loss {:.4f} acc {:.4f} "
@@ -499,11 +644,17 @@ TrainSummary run_training(const TrainConfig& config_in, const TrainRunOptions& o
         meta.step = step;
         meta.epoch = epoch + 1;
         meta.step_in_epoch = 0;
-        save_checkpoint(ckpt_dir / "best.pt", model, nullptr, meta);
+        best_state = snapshot(model);
+        if (leader) save_checkpoint(ckpt_dir / "best.pt", model, nullptr, meta);
       }
     }
-    metrics.append(record);
-    if ((epoch + 1) % config.checkpoint.every_epochs == 0 || last) save(epoch + 1, 0);
+    if (metrics) metrics->append(record);
+    const std::int64_t done_in_epoch = step - epoch * steps_per_epoch;
+    if (done_in_epoch < steps_per_epoch) {
+      save(epoch, done_in_epoch);  // stopped by train.max_steps inside the epoch
+    } else if ((epoch + 1) % config.checkpoint.every_epochs == 0 || last) {
+      save(epoch + 1, 0);
+    }
   }
 
   TrainSummary summary;
@@ -512,25 +663,33 @@ TrainSummary run_training(const TrainConfig& config_in, const TrainRunOptions& o
   summary.images_per_second = train_seconds > 0 ? images_trained / train_seconds : 0.0;
   json summary_json{{"steps", step},
                     {"epochs", config.train.epochs},
-                    {"world_size", 1},
+                    {"world_size", world},
                     {"best_val_accuracy", meta.best_val_accuracy},
                     {"best_step", meta.best_step},
                     {"skipped_steps", skipped_steps},
                     {"train_images_per_s", summary.images_per_second},
+                    {"exposed_comm_s_per_step",
+                     step > 0 ? exposed_comm_seconds / std::max<std::int64_t>(1, step) : 0.0},
                     {"seconds", seconds_since(started)},
                     {"config_hash", hash},
                     {"classes", manifest.classes}};
   if (manifest.splits.count("test")) {
+    // The best model: kept in memory by this run, else best.pt of the resumed run.
     const fs::path best = ckpt_dir / "best.pt";
-    if (fs::exists(best)) load_checkpoint_into(best, model, nullptr, nullptr);
-    EvalLoader test_loader(opt.data_dir, manifest, "test", 1, 0, config.train.eval_batch_size);
-    const EvalResult test = evaluate(model, test_loader, manifest, device);
+    if (!best_state.empty()) {
+      restore(model, best_state);
+    } else if (fs::exists(best)) {
+      load_checkpoint_into(best, model, nullptr, nullptr);
+    }
+    EvalLoader test_loader(opt.data_dir, manifest, "test", world, rank,
+                           config.train.eval_batch_size);
+    const EvalResult test = evaluate_all(test_loader);
     summary.test_accuracy = test.confusion.accuracy();
     summary_json["test"] = eval_json(test, manifest.classes);
     spdlog::info("test (best checkpoint, step {}): accuracy {:.4f} macro-F1 {:.4f}",
                  meta.best_step, summary.test_accuracy, test.confusion.macro_f1());
   }
-  write_file_atomic(opt.run_dir / "summary.json", summary_json.dump(2) + "\n");
+  if (leader) write_file_atomic(opt.run_dir / "summary.json", summary_json.dump(2) + "\n");
   return summary;
 }
 

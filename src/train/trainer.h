@@ -10,12 +10,15 @@
 
 namespace fer {
 
+class Communicator;
+
 struct TrainRunOptions {
   std::filesystem::path data_dir;  // packed dataset (fer-pack output)
   std::filesystem::path run_dir;   // outputs: config.yaml, metrics.jsonl, summary.json, ...
   std::string resume;              // "" (fresh run) | "auto" (newest valid checkpoint) | a path
   std::string device = "auto";     // auto | cpu | cuda | cuda:N
   int threads = 0;                 // intra-op threads; > 0 overrides train.threads
+  Communicator* comm = nullptr;    // the ranks of this job; nullptr = one process
 };
 
 struct TrainSummary {

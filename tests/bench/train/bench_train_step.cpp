@@ -1,0 +1,127 @@
+// Train-step benchmark (not a timed test): images/s of one ResNet9 training step on random
+// 48x48 grayscale data, the C++ twin of `shared/reference/resnet9_ref.py speed THREADS BATCH
+// STEPS`. Both sides run the same oneDNN/OpenBLAS kernels of the same LibTorch, so any gap is the
+// cost of the loop around them.
+//
+// Modes:
+//   plain    exactly the reference's loop: zero_grad, forward, cross_entropy, backward,
+//            clip_grad_value_(0.1), Adam(lr 1e-3, weight decay 1e-4).step(); one fixed batch.
+//   trainer  the per-step extras of src/train/trainer.cpp on top: the batch wrapped with
+//            from_blob from std::vectors (as TrainLoader hands it over), lr/beta1 written into
+//            the param group, the per-step dropout reseed, loss.item() (a sync point on GPU, free on CPU) and the accuracy count.
+//   channels_last  plain, with conv weights and the input in channels-last (NHWC) memory format:
+//            the candidate speed-up for the trainer (oneDNN convolutions skip the NCHW reorders).
+// Warm-up: 2 steps (the reference's), then STEPS timed steps. Timed twice: by the wall clock
+// (the benchmark's number) and by this process's CPU time, which a machine shared with other jobs
+// inflates far less than the wall clock (run.sh times the reference's loop the same way).
+//
+// Usage: bench_train_step THREADS BATCH STEPS [WIDTH=1] [MODE=plain] [INTEROP=0]
+//   INTEROP > 0 also calls torch::set_num_interop_threads (the trainer does not).
+// Prints: "mode=... threads=T batch=B width=W images_per_s=X cpu_images_per_s=Y".
+#include <torch/torch.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <ctime>
+#include <string>
+#include <vector>
+
+#include "model/resnet9.h"
+
+namespace {
+
+constexpr int kSide = 48;           // FER2013 image side, pixels
+constexpr int kClasses = 7;         // FER2013 classes
+constexpr int kWarmupSteps = 2;     // the reference's warm-up
+constexpr double kClipValue = 0.1;  // the recipe's grad_clip_value
+constexpr double kLr = 1e-3;        // the reference speed() optimizer
+constexpr double kWeightDecay = 1e-4;
+
+int usage() {
+  std::fprintf(stderr,
+               "usage: bench_train_step THREADS BATCH STEPS [WIDTH=1] [MODE=plain|trainer|channels_last] "
+               "[INTEROP=0]\n");
+  return 2;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 4) return usage();
+  const int threads = std::atoi(argv[1]);
+  const int batch = std::atoi(argv[2]);
+  const int steps = std::atoi(argv[3]);
+  const double width = argc > 4 ? std::atof(argv[4]) : 1.0;
+  const std::string mode = argc > 5 ? argv[5] : "plain";
+  const int interop = argc > 6 ? std::atoi(argv[6]) : 0;
+  if (threads < 1 || batch < 1 || steps < 1 || width <= 0 ||
+      (mode != "plain" && mode != "trainer" && mode != "channels_last")) {
+    return usage();
+  }
+  if (interop > 0) torch::set_num_interop_threads(interop);
+  torch::set_num_threads(threads);
+  torch::manual_seed(0);
+
+  fer::ResNet9Options options;
+  options.width = width;
+  fer::ResNet9 model(options);
+  torch::optim::Adam optimizer(model->parameters(),
+                               torch::optim::AdamOptions(kLr).weight_decay(kWeightDecay));
+  torch::Tensor x = torch::randn({batch, 1, kSide, kSide});
+  const torch::Tensor y = torch::randint(0, kClasses, {batch}, torch::kInt64);
+  // trainer mode: the loader hands over a std::vector per batch, wrapped without a copy.
+  std::vector<float> pixels(x.data_ptr<float>(), x.data_ptr<float>() + x.numel());
+  std::vector<std::int64_t> labels(y.data_ptr<std::int64_t>(),
+                                   y.data_ptr<std::int64_t>() + y.numel());
+  const bool trainer = mode == "trainer";
+  if (mode == "channels_last") {
+    torch::NoGradGuard no_grad;
+    for (torch::Tensor& p : model->parameters()) {
+      if (p.dim() == 4) p.set_data(p.contiguous(torch::MemoryFormat::ChannelsLast));
+    }
+    x = x.contiguous(torch::MemoryFormat::ChannelsLast);
+  }
+
+  std::int64_t correct = 0;
+  double loss_sum = 0.0;
+  auto start = std::chrono::steady_clock::now();
+  std::clock_t cpu_start = std::clock();  // CPU time of all threads of this process
+  for (int i = 0; i < steps + kWarmupSteps; ++i) {
+    if (i == kWarmupSteps) {
+      start = std::chrono::steady_clock::now();
+      cpu_start = std::clock();
+    }
+    torch::Tensor input = x, target = y;
+    if (trainer) {
+      for (auto& group : optimizer.param_groups()) {
+        auto& o = static_cast<torch::optim::AdamOptions&>(group.options());
+        o.lr(kLr);
+        o.betas(std::make_tuple(0.9, std::get<1>(o.betas())));
+      }
+      torch::manual_seed(static_cast<std::uint64_t>(i));
+      input = torch::from_blob(pixels.data(), {batch, 1, kSide, kSide}, torch::kFloat32);
+      target = torch::from_blob(labels.data(), {batch}, torch::kInt64);
+    }
+    optimizer.zero_grad();
+    const torch::Tensor logits = model->forward(input);
+    torch::Tensor loss = torch::nn::functional::cross_entropy(logits, target);
+    if (trainer) loss_sum += loss.item<double>();
+    loss.backward();
+    torch::nn::utils::clip_grad_value_(model->parameters(), kClipValue);
+    optimizer.step();
+    if (trainer) correct += logits.argmax(1).eq(target).sum().item<std::int64_t>();
+  }
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const double cpu_seconds = static_cast<double>(std::clock() - cpu_start) / CLOCKS_PER_SEC;
+  const double images = static_cast<double>(steps) * batch;
+  std::printf("mode=%s threads=%d batch=%d width=%g images_per_s=%.2f cpu_images_per_s=%.2f\n",
+              mode.c_str(), threads, batch, width, images / seconds, images / cpu_seconds);
+  if (trainer) {
+    const double seen = static_cast<double>(steps + kWarmupSteps) * batch;
+    std::fprintf(stderr, "trainer extras: mean loss %.4f, accuracy %.4f\n",
+                 loss_sum / (steps + kWarmupSteps), correct / seen);
+  }
+  return 0;
+}

@@ -1,0 +1,184 @@
+// Data-parallel fer-dist-train under mpiexec: N ranks with batch B reproduce one process with
+// batch N*B; failures stop the whole job instead of hanging; resume works across world sizes.
+// Each test launches mpiexec itself (a plain gtest binary; see CMakeLists.txt).
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <chrono>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "common/fs_util.h"
+#include "data/manifest.h"
+#include "test_util.h"
+#include "train/checkpoint.h"
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+namespace fer {
+namespace {
+
+using testing::quote;
+using testing::run_command;
+using testing::TempFolder;
+using testing::tool;
+
+std::string mpiexec(int np) {
+  return std::string("OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 ") +
+         FER_MPIEXEC + " -np " + std::to_string(np) + " --oversubscribe ";
+}
+
+class DataParallel : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    tmp_ = new TempFolder("dp");
+    auto r = run_command(tool("fer-synth") + " " + quote(*tmp_ / "src") +
+                         " --per-class 20 --size 16 --seed 4");
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+    r = run_command(tool("fer-pack") + " imagefolder " + quote(*tmp_ / "src") + " " +
+                    quote(*tmp_ / "data") + " -q --size 16");  // 112 train images
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+    std::ofstream(*tmp_ / "dp.yaml")
+        << "model: {width: 0.0625, dropout: 0.0}\n"
+           "train: {epochs: 2, log_every: 1, threads: 1}\n"
+           "data: {workers: 1}\n"
+           "dist: {comm_timeout_s: 20}\n";
+  }
+  static void TearDownTestSuite() { delete tmp_; }
+
+  // Runs fer-dist-train on np ranks with per-rank batch `batch`.
+  testing::CommandResult train(int np, int batch, const std::string& out,
+                               const std::string& extra = "", const std::string& env = "") {
+    return run_command(env + mpiexec(np) + tool("fer-dist-train") + " --config " +
+                       quote(*tmp_ / "dp.yaml") + " --data " + quote(*tmp_ / "data") + " --out " +
+                       quote(*tmp_ / out) + " --set train.batch_size=" + std::to_string(batch) +
+                       " " + extra);
+  }
+  fs::path path(const std::string& name) { return *tmp_ / name; }
+  static TempFolder* tmp_;
+};
+TempFolder* DataParallel::tmp_ = nullptr;
+
+std::vector<double> step_losses(const fs::path& run) {
+  std::vector<double> out;
+  std::ifstream in(run / "metrics.jsonl");
+  std::string line;
+  while (std::getline(in, line)) {
+    const json j = json::parse(line);
+    if (j["type"] == "step") out.push_back(j["loss"]);
+  }
+  return out;
+}
+
+std::vector<torch::Tensor> weights(const fs::path& checkpoint) {
+  ResNet9 model = load_checkpoint_model(checkpoint, nullptr);
+  std::vector<torch::Tensor> out;
+  for (const auto& p : model->parameters()) out.push_back(p.detach().clone());
+  for (const auto& b : model->buffers()) out.push_back(b.detach().clone());
+  return out;
+}
+
+bool all_close(const std::vector<torch::Tensor>& a, const std::vector<torch::Tensor>& b) {
+  if (a.size() != b.size()) return false;
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    if (!torch::allclose(a[i].to(torch::kFloat64), b[i].to(torch::kFloat64), 1e-4, 1e-5)) {
+      return false;
+    }
+  }
+  return true;
+}
+
+TEST_F(DataParallel, TwoAndFourRanksReproduceOneProcessWithTheSameGlobalBatch) {
+  const std::string five = "--set train.max_steps=5";
+  ASSERT_EQ(train(1, 16, "np1", five).exit_code, 0);
+  auto r2 = train(2, 8, "np2", five);
+  ASSERT_EQ(r2.exit_code, 0) << r2.output;
+  auto r4 = train(4, 4, "np4", five);
+  ASSERT_EQ(r4.exit_code, 0) << r4.output;
+  auto off = train(2, 8, "np2_nosync", five + " --set model.sync_bn=off");
+  ASSERT_EQ(off.exit_code, 0) << off.output;
+  const auto l1 = step_losses(path("np1"));
+  ASSERT_EQ(l1.size(), 5u);
+  for (const char* run : {"np2", "np4"}) {
+    const auto ln = step_losses(path(run));
+    ASSERT_EQ(ln.size(), l1.size()) << run;
+    for (std::size_t i = 0; i < l1.size(); ++i) {
+      EXPECT_NEAR(ln[i], l1[i], 1e-5 * std::abs(l1[i])) << run << " step " << i + 1;
+    }
+  }
+  const fs::path ckpt = fs::path("checkpoints") / checkpoint_file_name(5);
+  const auto w1 = weights(path("np1") / ckpt);
+  EXPECT_TRUE(all_close(w1, weights(path("np2") / ckpt)));
+  EXPECT_TRUE(all_close(w1, weights(path("np4") / ckpt)));
+  // Without SyncBN each rank normalizes by its own half batch: the result must differ, which
+  // proves the statistics above really were synchronized.
+  EXPECT_FALSE(all_close(w1, weights(path("np2_nosync") / ckpt)));
+}
+
+TEST_F(DataParallel, OverlapOffGivesBitIdenticalResults) {
+  const std::string three = "--set train.max_steps=3";
+  ASSERT_EQ(train(2, 8, "ov_on", three).exit_code, 0);
+  ASSERT_EQ(train(2, 8, "ov_off", three + " --set dist.overlap=false").exit_code, 0);
+  const fs::path ckpt = fs::path("checkpoints") / checkpoint_file_name(3);
+  const auto a = weights(path("ov_on") / ckpt), b = weights(path("ov_off") / ckpt);
+  ASSERT_EQ(a.size(), b.size());
+  for (std::size_t i = 0; i < a.size(); ++i) EXPECT_TRUE(torch::equal(a[i], b[i])) << i;
+}
+
+TEST_F(DataParallel, EvaluationCountsEverySampleOnceForThreeRanks) {
+  auto r = train(3, 8, "np3", "--set train.max_steps=2");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const json summary = json::parse(read_file(path("np3") / "summary.json"));
+  const Manifest m = load_manifest(path("data"));
+  EXPECT_EQ(summary["test"]["count"], m.split("test").count);
+  EXPECT_EQ(summary["world_size"], 3);
+}
+
+TEST_F(DataParallel, ARankThatExitsOrHangsStopsTheJobAndResumeFinishesTheRun) {
+  for (const char* kind : {"exit", "hang"}) {
+    const std::string out = std::string("fault_") + kind;
+    const auto start = std::chrono::steady_clock::now();
+    auto r = train(2, 8, out, "",
+                   std::string("FER_FAULT_INJECT=kind:") + kind + ",rank:1,step:9 ");
+    const double seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    EXPECT_NE(r.exit_code, 0) << kind << "\n" << r.output;
+    EXPECT_LT(seconds, 20 + 30) << kind;  // comm_timeout_s + 30 s
+    if (std::string(kind) == "hang") {
+      EXPECT_NE(r.output.find("timed out"), std::string::npos) << r.output;
+    }
+    ASSERT_TRUE(fs::exists(path(out) / "checkpoints" / checkpoint_file_name(7))) << r.output;
+    auto resumed = train(2, 8, out, "--resume auto");
+    ASSERT_EQ(resumed.exit_code, 0) << resumed.output;
+    EXPECT_TRUE(fs::exists(path(out) / "checkpoints" / checkpoint_file_name(14)));
+  }
+}
+
+TEST_F(DataParallel, AMismatchedConfigOnOneRankIsANamedErrorNotAHang) {
+  const std::string common = tool("fer-dist-train") + " --config " + quote(path("dp.yaml")) +
+                             " --data " + quote(path("data")) + " --out " +
+                             quote(path("mismatch")) + " --set train.batch_size=8";
+  auto r = run_command("OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 " +
+                       std::string(FER_MPIEXEC) + " --oversubscribe -np 1 " + common + " : -np 1 " +
+                       common + " --set optim.weight_decay=0.5");
+  EXPECT_NE(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("rank 1's config differs from rank 0's"), std::string::npos)
+      << r.output;
+}
+
+TEST_F(DataParallel, ResumeWorksWithAnotherWorldSize) {
+  // 2 ranks x 8 for one epoch, then 1 rank x 16 for the second; and the other way round.
+  ASSERT_EQ(train(2, 8, "w21", "--set train.max_steps=7").exit_code, 0);
+  auto r = train(1, 16, "w21", "--resume auto");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("written by 2 rank(s)"), std::string::npos) << r.output;
+  ASSERT_EQ(train(1, 16, "w12", "--set train.max_steps=7").exit_code, 0);
+  r = train(2, 8, "w12", "--resume auto");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_TRUE(all_close(weights(path("w21") / "checkpoints" / checkpoint_file_name(14)),
+                        weights(path("w12") / "checkpoints" / checkpoint_file_name(14))));
+}
+
+}  // namespace
+}  // namespace fer
