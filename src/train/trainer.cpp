@@ -23,6 +23,7 @@
 #include "data/manifest.h"
 #include "dist/communicator.h"
 #include "dist/grad_sync.h"
+#include "dist/mpi_context.h"
 #include "model/resnet9.h"
 #include "train/checkpoint.h"
 #include "train/metrics.h"
@@ -313,16 +314,32 @@ std::optional<fs::path> resolve_resume(const TrainRunOptions& opt) {
 
 namespace {
 
+// A blocking collective that cannot hang: waits at most timeout_s, then aborts the whole job
+// naming what it waited for (a blocking MPI call cannot be cancelled, so the wait is on Work).
+void wait_or_abort(std::unique_ptr<Work> work, double timeout_s, const std::string& what) {
+  if (!work->wait_for(timeout_s)) {
+    abort_job(static_cast<int>(ExitCode::kComm),
+              what + " timed out after " + std::to_string(timeout_s) + " s: " + work->describe() +
+                  " (another rank died or hangs)");
+  }
+  work->wait();
+}
+
+void timed_allreduce(Communicator& comm, at::Tensor& t, ReduceOp op, double timeout_s,
+                     const std::string& what) {
+  wait_or_abort(comm.allreduce_async(t, op), timeout_s, what);
+}
+
 // Sums an evaluation over ranks: confusion counts and losses (each rank saw a disjoint part of
 // the split, so the sums are the whole split's).
-void reduce_eval(EvalResult* r, Communicator& comm) {
+void reduce_eval(EvalResult* r, Communicator& comm, double timeout_s) {
   auto& counts = r->confusion.counts();
   const double local_loss_sum = r->loss * static_cast<double>(r->confusion.total());
   at::Tensor c = torch::tensor(counts, torch::kInt64);
-  comm.allreduce(c, ReduceOp::kSum);
+  timed_allreduce(comm, c, ReduceOp::kSum, timeout_s, "evaluation all-reduce");
   std::copy(c.data_ptr<std::int64_t>(), c.data_ptr<std::int64_t>() + c.numel(), counts.begin());
   at::Tensor loss = torch::tensor({local_loss_sum}, torch::kFloat64);
-  comm.allreduce(loss, ReduceOp::kSum);
+  timed_allreduce(comm, loss, ReduceOp::kSum, timeout_s, "evaluation all-reduce");
   const auto n = r->confusion.total();
   r->loss = n ? loss.item<double>() / n : 0.0;
 }
@@ -358,13 +375,15 @@ void check_agreement(Communicator& comm, const std::string& config_yaml, const M
   }
 }
 
-void broadcast_model(Communicator& comm, ResNet9& model) {
+void broadcast_model(Communicator& comm, ResNet9& model, double timeout_s) {
   torch::NoGradGuard no_grad;
   for (auto& p : model->parameters()) {
     at::Tensor t = p.data();
-    comm.broadcast(t, 0);
+    wait_or_abort(comm.broadcast_async(t, 0), timeout_s, "initial weight broadcast");
   }
-  for (auto& b : model->buffers()) comm.broadcast(b, 0);
+  for (auto& b : model->buffers()) {
+    wait_or_abort(comm.broadcast_async(b, 0), timeout_s, "initial buffer broadcast");
+  }
 }
 
 // Every rank's parameters and buffers, copied (the best model so far, kept in memory).
@@ -442,11 +461,14 @@ TrainSummary run_training(const TrainConfig& config_in, const TrainRunOptions& o
   ResNet9 model(model_options);
   model->to(device);
   if (sync_bn && comm) {
-    model->set_allreduce([comm](torch::Tensor& t) { comm->allreduce(t, ReduceOp::kSum); });
+    const double timeout_s = config.dist.comm_timeout_s;
+    model->set_allreduce([comm, timeout_s](torch::Tensor& t) {
+      timed_allreduce(*comm, t, ReduceOp::kSum, timeout_s, "SyncBatchNorm all-reduce");
+    });
   }
   if (comm && world > 1) {
     check_agreement(*comm, yaml, manifest, model);
-    broadcast_model(*comm, model);
+    broadcast_model(*comm, model, config.dist.comm_timeout_s);
   }
   auto optimizer = make_optimizer(config.optim, config.schedule.max_lr, model);
 
@@ -509,18 +531,20 @@ TrainSummary run_training(const TrainConfig& config_in, const TrainRunOptions& o
   auto global_mean = [&](double value) {
     if (!comm || world == 1) return value;
     at::Tensor t = torch::tensor({value}, torch::kFloat64);
-    comm->allreduce(t, ReduceOp::kAvg);
+    timed_allreduce(*comm, t, ReduceOp::kAvg, config.dist.comm_timeout_s,
+                    "loss all-reduce at step " + std::to_string(step));
     return t.item<double>();
   };
   auto global_sum = [&](std::int64_t value) {
     if (!comm || world == 1) return value;
     at::Tensor t = torch::tensor({value}, torch::kInt64);
-    comm->allreduce(t, ReduceOp::kSum);
+    timed_allreduce(*comm, t, ReduceOp::kSum, config.dist.comm_timeout_s,
+                    "all-reduce at step " + std::to_string(step));
     return t.item<std::int64_t>();
   };
   auto evaluate_all = [&](EvalLoader& l) {
     EvalResult r = evaluate(model, l, manifest, device);
-    if (comm && world > 1) reduce_eval(&r, *comm);
+    if (comm && world > 1) reduce_eval(&r, *comm, config.dist.comm_timeout_s);
     return r;
   };
 
