@@ -71,18 +71,45 @@ std::vector<double> step_losses(const fs::path& run) {
   return out;
 }
 
+// Parameters and buffers of a checkpoint, except the conv biases that feed a BatchNorm: BN
+// subtracts the batch mean, so their true gradient is exactly 0 and what backward produces is
+// round-off (~1e-9) that Adam normalizes into full-size lr steps of random sign. They differ
+// between any two summation orders (even two thread counts of one process) and carry no signal.
+// The BatchNorm running means average conv output including that bias, so they inherit the
+// same noise; they are left out too. Everything else (conv and classifier weights, BN affine
+// parameters, running variances) must agree.
 std::vector<torch::Tensor> weights(const fs::path& checkpoint) {
   ResNet9 model = load_checkpoint_model(checkpoint, nullptr);
   std::vector<torch::Tensor> out;
-  for (const auto& p : model->parameters()) out.push_back(p.detach().clone());
-  for (const auto& b : model->buffers()) out.push_back(b.detach().clone());
+  for (const auto& p : model->named_parameters()) {
+    const std::string& name = p.key();
+    const bool conv_bias_before_bn = name.size() > 7 && name.substr(name.size() - 7) == ".0.bias";
+    if (!conv_bias_before_bn) out.push_back(p.value().detach().clone());
+  }
+  for (const auto& b : model->named_buffers()) {
+    if (b.key().find("running_mean") == std::string::npos) {
+      out.push_back(b.value().detach().clone());
+    }
+  }
   return out;
 }
+
+namespace testing {
+std::string tensor_shape(const torch::Tensor& t) {
+  std::string out;
+  for (auto d : t.sizes()) out += (out.empty() ? "" : "x") + std::to_string(d);
+  return out;
+}
+}  // namespace testing
 
 bool all_close(const std::vector<torch::Tensor>& a, const std::vector<torch::Tensor>& b) {
   if (a.size() != b.size()) return false;
   for (std::size_t i = 0; i < a.size(); ++i) {
     if (!torch::allclose(a[i].to(torch::kFloat64), b[i].to(torch::kFloat64), 1e-4, 1e-5)) {
+      const auto diff = (a[i].to(torch::kFloat64) - b[i].to(torch::kFloat64)).abs();
+      std::printf("tensor %zu %s differs: max |a-b| %.3g at |a| %.3g\n", i,
+                  testing::tensor_shape(a[i]).c_str(), diff.max().item<double>(),
+                  a[i].to(torch::kFloat64).abs().flatten()[diff.argmax()].item<double>());
       return false;
     }
   }
