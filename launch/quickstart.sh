@@ -22,16 +22,16 @@ cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build "$build" -j "$jobs" --target fer-synth fer-pack fer-dist-train
 
 step "3/5 demo data: fer-synth, $per_class faces per class ($work/images)"
-if [[ -f "$work/images/.complete-$per_class" ]]; then
+if [[ -f "$work/.images-complete-$per_class" ]]; then
   echo "reusing $work/images"
 else
   rm -rf "$work/images"
   "$build/bin/fer-synth" "$work/images" --per-class "$per_class" --seed 1
-  touch "$work/images/.complete-$per_class"
+  touch "$work/.images-complete-$per_class"
 fi
 
 step "4/5 pack ($work/dataset)"
-if [[ -f "$work/dataset/manifest.json" && "$work/dataset/manifest.json" -nt "$work/images/.complete-$per_class" ]]; then
+if [[ -f "$work/dataset/manifest.json" && "$work/dataset/manifest.json" -nt "$work/.images-complete-$per_class" ]]; then
   echo "reusing $work/dataset"
 else
   "$build/bin/fer-pack" imagefolder "$work/images" "$work/dataset" --overwrite
