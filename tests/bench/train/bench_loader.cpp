@@ -22,8 +22,9 @@
 
 int main(int argc, char** argv) {
   if (argc < 2) {
-    std::fprintf(stderr, "usage: bench_loader DATASET [WORKERS=2] [BATCH=64] [EPOCHS=10] "
-                         "[PREFETCH=4]\n");
+    std::fprintf(stderr,
+                 "usage: bench_loader DATASET [WORKERS=2] [BATCH=64] [EPOCHS=10] "
+                 "[PREFETCH=4]\n");
     return 2;
   }
   try {
@@ -51,9 +52,8 @@ int main(int argc, char** argv) {
     }
     const double seconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    std::printf("workers=%d batch=%d images=%lld seconds=%.3f images_per_s=%.2f\n",
-                options.workers, options.batch_per_rank, static_cast<long long>(images), seconds,
-                images / seconds);
+    std::printf("workers=%d batch=%d images=%lld seconds=%.3f images_per_s=%.2f\n", options.workers,
+                options.batch_per_rank, static_cast<long long>(images), seconds, images / seconds);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "bench_loader: error: %s\n", e.what());
     return 1;

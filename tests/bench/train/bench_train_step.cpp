@@ -8,9 +8,11 @@
 //            clip_grad_value_(0.1), Adam(lr 1e-3, weight decay 1e-4).step(); one fixed batch.
 //   trainer  the per-step extras of src/train/trainer.cpp on top: the batch wrapped with
 //            from_blob from std::vectors (as TrainLoader hands it over), lr/beta1 written into
-//            the param group, the per-step dropout reseed, loss.item() (a sync point on GPU, free on CPU) and the accuracy count.
+//            the param group, the per-step dropout reseed, loss.item() (a sync point on GPU,
+//            free on CPU) and the accuracy count.
 //   channels_last  plain, with conv weights and the input in channels-last (NHWC) memory format:
-//            the candidate speed-up for the trainer (oneDNN convolutions skip the NCHW reorders).
+//            a candidate speed-up for the trainer (oneDNN convolutions without NCHW reorders);
+//            compare it with plain before adopting it.
 // Warm-up: 2 steps (the reference's), then STEPS timed steps. Timed twice: by the wall clock
 // (the benchmark's number) and by this process's CPU time, which a machine shared with other jobs
 // inflates far less than the wall clock (run.sh times the reference's loop the same way).
@@ -40,8 +42,8 @@ constexpr double kWeightDecay = 1e-4;
 
 int usage() {
   std::fprintf(stderr,
-               "usage: bench_train_step THREADS BATCH STEPS [WIDTH=1] [MODE=plain|trainer|channels_last] "
-               "[INTEROP=0]\n");
+               "usage: bench_train_step THREADS BATCH STEPS [WIDTH=1] "
+               "[MODE=plain|trainer|channels_last] [INTEROP=0]\n");
   return 2;
 }
 

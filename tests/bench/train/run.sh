@@ -14,7 +14,10 @@
 # Peak RSS (/usr/bin/time %M) of every process; load average before and after.
 # Usage: tests/bench/train/run.sh [STEPS=10] [PER_CLASS=300] [WIDTH=0.25] [EPOCHS=1]
 #   (BUILD_DIR defaults to build/; needs targets fer-dist-train fer-pack fer-synth bench_train_step
-#   bench_loader; REF overrides the reference script's path). Defaults take ~7 min on 2 cores.
+#   bench_loader; REF overrides the reference script's path). Defaults take ~7 min on 2 idle
+#   cores, more on a loaded machine. Both sides inherit the environment, so e.g.
+#   OMP_WAIT_POLICY=PASSIVE (much faster at 2 threads when other jobs share the cores) or
+#   MALLOC_* settings apply to both alike.
 # Needs: launch/install-deps.sh --bench (python3-torch, python3-torchvision, time, bc).
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)
@@ -26,8 +29,8 @@ epochs=${4:-1}
 batch=64
 python=/usr/bin/python3  # Debian's interpreter: the one with python3-torch
 ref=${REF:-}
-for candidate in "$root/shared/reference/resnet9_ref.py" "$root/../shared/reference/resnet9_ref.py"; do
-  [[ -z "$ref" && -f "$candidate" ]] && ref=$candidate
+for dir in "$root/shared" "$root/../shared"; do
+  [[ -z "$ref" && -f "$dir/reference/resnet9_ref.py" ]] && ref=$dir/reference/resnet9_ref.py
 done
 [[ -n "$ref" ]] || { echo "resnet9_ref.py not found; set REF=path" >&2; exit 1; }
 threads_list=(1 2)
@@ -70,7 +73,8 @@ value() { grep -oE "(^| )$2=[0-9.e+-]+" "$1" | tail -1 | cut -d= -f2; }
 
 declare -A rate rss
 for t in "${threads_list[@]}"; do
-  # 1. Train step; ours and the reference alternate so a load spike hits both alike.
+  # 1. Train step; the two sides run back to back, so a machine shared with other jobs loads
+  # both about alike (the step_cpu rows are less sensitive to that load).
   timed "$t" "step_ours$t" "$build/bin/bench_train_step" "$t" "$batch" "$steps" 1 plain
   timed "$t" "step_ref$t" "$python" "$work/ref_speed.py" "$ref" "$t" "$batch" "$steps"
   for side in ours ref; do
@@ -89,14 +93,17 @@ EOF
   timed "$t" "e2e_ours$t" "$build/bin/fer-dist-train" --config "$work/cfg$t.yaml" \
     --data "$work/packed" --out "$work/run$t" --threads "$t" --device cpu --log-level warn
   timed "$t" "e2e_ref$t" "$python" "$ref" train "$work/src" "$epochs" "$batch" "$t" "$width"
-  rate[e2e_ours$t]=$("$python" -c 'import json,sys; print(json.load(open(sys.argv[1]))["train_images_per_s"])' "$work/run$t/summary.json")
+  rate[e2e_ours$t]=$(grep -oE '"train_images_per_s": [0-9.e+-]+' "$work/run$t/summary.json" |
+    cut -d' ' -f2)
   rate[e2e_ref$t]=$(value "$work/e2e_ref$t.out" train_images_per_s)
 
   # 3. Loader alone: >= ~30k images so the rate is not start-up noise.
   loader_epochs=$(( 30000 / train_images + 1 ))
   timed "$t" "loader$t" "$build/bin/bench_loader" "$work/packed" "$t" "$batch" "$loader_epochs"
   rate[loader$t]=$(value "$work/loader$t.out" images_per_s)
-  for name in step_ours step_ref e2e_ours e2e_ref loader; do rss[$name$t]=$(cat "$work/$name$t.rss"); done
+  for name in step_ours step_ref e2e_ours e2e_ref loader; do
+    rss[$name$t]=$(cat "$work/$name$t.rss")
+  done
 done
 load_after=$(cut -d' ' -f1-3 /proc/loadavg)
 
