@@ -49,7 +49,7 @@ int main(int argc, char** argv) {
   app.add_option("--config", config_path, "YAML recipe (configs/*.yaml); defaults otherwise")
       ->check(CLI::ExistingFile);
   app.add_option("--data", data_dir, "packed dataset folder (fer-pack output)")->required();
-  auto* out = app.add_option("--out", run_dir, "run folder for config, metrics, checkpoints");
+  app.add_option("--out", run_dir, "run folder for config, metrics, checkpoints");
   app.add_option("--set", overrides, "override a config key, e.g. --set optim.max_lr=0.005")
       ->allow_extra_args(false);
   app.add_option("--resume", resume, "auto (newest valid checkpoint of --out) or a checkpoint");
@@ -66,7 +66,6 @@ int main(int argc, char** argv) {
     const int rc = app.exit(e);
     return rc == 0 ? 0 : static_cast<int>(ExitCode::kUsage);
   }
-  (void)out;
 
   // MPI first: every rank of the job, a world of one without a launcher.
   std::unique_ptr<MpiContext> mpi;
