@@ -13,11 +13,11 @@
 #              faster of our two consumption rates at T threads (1 and 2). Target >= 20x.
 # Peak RSS (/usr/bin/time %M) of every process; load average before and after.
 # Usage: tests/bench/train/run.sh [STEPS=10] [PER_CLASS=300] [WIDTH=0.25] [EPOCHS=1]
-#   (BUILD_DIR defaults to build/; needs targets fer-dist-train fer-pack fer-synth bench_train_step
-#   bench_loader; REF overrides the reference script's path). Defaults take ~7 min on 2 idle
-#   cores, more on a loaded machine. Both sides inherit the environment, so e.g.
-#   OMP_WAIT_POLICY=PASSIVE (much faster at 2 threads when other jobs share the cores) or
-#   MALLOC_* settings apply to both alike.
+#   BUILD_DIR defaults to build/ (targets fer-dist-train fer-pack fer-synth bench_train_step
+#   bench_loader); REF overrides the reference script's path. Defaults take ~7 min on 2 cores
+#   (394-428 s at load average 1.8-3.8), more on a busier machine. Both sides inherit the
+#   environment, so e.g. OMP_WAIT_POLICY=PASSIVE (much faster at 2 threads when other jobs share
+#   the cores) or MALLOC_* settings apply to both alike.
 # Needs: launch/install-deps.sh --bench (python3-torch, python3-torchvision, time, bc).
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)
@@ -71,18 +71,14 @@ timed() {
 # value FILE KEY: the number after the word "KEY=" in FILE (last occurrence).
 value() { grep -oE "(^| )$2=[0-9.e+-]+" "$1" | tail -1 | cut -d= -f2; }
 
-declare -A rate rss
-for t in "${threads_list[@]}"; do
-  # 1. Train step; the two sides run back to back, so a machine shared with other jobs loads
-  # both about alike (the step_cpu rows are less sensitive to that load).
+# The two sides of benchmarks 1 and 2, for the thread count $t.
+step_ours() {
   timed "$t" "step_ours$t" "$build/bin/bench_train_step" "$t" "$batch" "$steps" 1 plain
+}
+step_ref() {
   timed "$t" "step_ref$t" "$python" "$work/ref_speed.py" "$ref" "$t" "$batch" "$steps"
-  for side in ours ref; do
-    rate[step_$side$t]=$(value "$work/step_$side$t.out" images_per_s)
-    rate[step_cpu_$side$t]=$(value "$work/step_$side$t.out" cpu_images_per_s)
-  done
-
-  # 2. End to end: the same images, width, batch, epochs and threads.
+}
+e2e_ours() {
   cat >"$work/cfg$t.yaml" <<EOF
 data: {loader: memory, workers: 1, augment: true, pad: 4, flip: true}
 model: {width: $width}
@@ -92,7 +88,25 @@ train: {epochs: $epochs, batch_size: $batch, threads: $t, log_every: 10}
 EOF
   timed "$t" "e2e_ours$t" "$build/bin/fer-dist-train" --config "$work/cfg$t.yaml" \
     --data "$work/packed" --out "$work/run$t" --threads "$t" --device cpu --log-level warn
+}
+e2e_ref() {
   timed "$t" "e2e_ref$t" "$python" "$ref" train "$work/src" "$epochs" "$batch" "$t" "$width"
+}
+# in_turn A B: runs A then B for odd $t, B then A for even $t. The two sides run back to back, so
+# load from other jobs hits both about alike, and neither always goes first.
+in_turn() { if (( t % 2 )); then "$1"; "$2"; else "$2"; "$1"; fi; }
+
+declare -A rate rss
+for t in "${threads_list[@]}"; do
+  # 1. Train step (the step_cpu rows are less sensitive to other jobs' load than the wall clock).
+  in_turn step_ours step_ref
+  for side in ours ref; do
+    rate[step_$side$t]=$(value "$work/step_$side$t.out" images_per_s)
+    rate[step_cpu_$side$t]=$(value "$work/step_$side$t.out" cpu_images_per_s)
+  done
+
+  # 2. End to end: the same images, width, batch, epochs and threads.
+  in_turn e2e_ours e2e_ref
   rate[e2e_ours$t]=$(grep -oE '"train_images_per_s": [0-9.e+-]+' "$work/run$t/summary.json" |
     cut -d' ' -f2)
   rate[e2e_ref$t]=$(value "$work/e2e_ref$t.out" train_images_per_s)
