@@ -26,7 +26,10 @@ constexpr const char* kExitCodes =
     "  5    communication failure between ranks\n"
     "  6    checkpoint error (unreadable, another architecture, cannot be written)\n"
     "  7    training diverged (non-finite loss; the last good checkpoint is kept)\n"
-    "  130  interrupted (SIGINT/SIGTERM): a checkpoint of the current step was written\n";
+    "  75   preempted (SIGUSR1/SIGTERM, e.g. Slurm preemption or time limit): every rank\n"
+    "       stopped at the same step and its checkpoint was written; requeue the job and run\n"
+    "       it again with --resume auto (launch/slurm/*.sbatch do this)\n"
+    "  130  interrupted (SIGINT): a checkpoint of the current step was written\n";
 
 }  // namespace
 
@@ -82,7 +85,7 @@ int main(int argc, char** argv) {
     log_options.level = log_level;
     log_options.rank = rank;
     init_logging(log_options);
-    install_cancel_handlers();
+    install_preemption_handlers();
     if (!eval_only.empty()) {
       if (rank == 0) {
         std::printf("%s\n",
@@ -114,6 +117,10 @@ int main(int argc, char** argv) {
     }
     comm.reset();
     return 0;
+  } catch (const Preempted&) {
+    std::fprintf(stderr, "fer-dist-train: rank %d preempted, checkpoint written (exit %d)\n", rank,
+                 static_cast<int>(ExitCode::kPreempted));
+    return static_cast<int>(ExitCode::kPreempted);
   } catch (const Interrupted&) {
     std::fprintf(stderr, "fer-dist-train: rank %d interrupted\n", rank);
     return static_cast<int>(ExitCode::kInterrupted);

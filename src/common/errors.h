@@ -20,7 +20,10 @@ enum class ExitCode : int {
   kComm = 5,         // a collective failed or timed out (CommError)
   kCheckpoint = 6,   // a checkpoint cannot be written or read (CheckpointError)
   kDiverged = 7,     // training produced a non-finite loss (TrainingError)
-  kInterrupted = 130 // SIGINT/SIGTERM before the work finished; nothing partial left behind
+  kPreempted = 75,   // fer-dist-train got SIGUSR1/SIGTERM: checkpoint written, requeue and
+                     // --resume auto (75 is sysexits' EX_TEMPFAIL: "try again later")
+  kInterrupted = 130 // SIGINT (tools: also SIGTERM) before the work finished; nothing partial
+                     // left behind (fer-dist-train: a checkpoint of the current step is written)
 };
 
 class Error : public std::runtime_error {
@@ -83,6 +86,13 @@ class TrainingError : public Error {
 class Interrupted : public Error {
  public:
   Interrupted() : Error(ExitCode::kInterrupted, "interrupted") {}
+};
+
+// Thrown by the trainer when a preemption signal (SIGUSR1/SIGTERM) stopped it after every rank
+// agreed on the step and the checkpoint of that step was written: the job should be requeued.
+class Preempted : public Error {
+ public:
+  Preempted() : Error(ExitCode::kPreempted, "preempted") {}
 };
 
 namespace detail {

@@ -19,7 +19,9 @@ FaultPlan parse_fault_plan(const std::string& text) {
     const std::string key = item.substr(0, colon), value = item.substr(colon + 1);
     try {
       if (key == "kind") {
-        if (value != "nan" && value != "exit" && value != "hang") throw std::invalid_argument(key);
+        if (value != "nan" && value != "exit" && value != "hang" && value != "preempt") {
+          throw std::invalid_argument(key);
+        }
         plan.kind = value;
       } else if (key == "rank") {
         plan.rank = std::stoi(value);
@@ -30,7 +32,7 @@ FaultPlan parse_fault_plan(const std::string& text) {
       }
     } catch (const std::exception&) {
       throw ConfigError("FER_FAULT_INJECT: bad item '" + item + "'",
-                        "expected kind:nan|exit|hang, rank:N, step:N");
+                        "expected kind:nan|exit|hang|preempt, rank:N, step:N");
     }
     if (comma == std::string::npos) break;
     start = comma + 1;

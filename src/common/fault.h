@@ -2,6 +2,8 @@
 //   "kind:nan,step:5"          the loss of step 5 becomes NaN (every rank)
 //   "kind:exit,rank:1,step:3"  rank 1 exits abruptly (code 99) at step 3
 //   "kind:hang,rank:1,step:3"  rank 1 stops responding at step 3
+//   "kind:preempt,rank:1,step:3"  rank 1 raises SIGUSR1 before step 3, as Slurm preemption does;
+//                                 every rank stops at step 3 with a checkpoint (exit 75)
 // Unset in normal use; a malformed value is a ConfigError so a typo cannot silently test nothing.
 #pragma once
 
@@ -11,7 +13,7 @@
 namespace fer {
 
 struct FaultPlan {
-  std::string kind;         // "" (none) | nan | exit | hang
+  std::string kind;         // "" (none) | nan | exit | hang | preempt
   int rank = -1;            // -1 = every rank
   std::int64_t step = -1;   // global optimizer step
   bool fires(int this_rank, std::int64_t this_step, const char* kind_wanted) const {

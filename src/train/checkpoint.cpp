@@ -66,7 +66,12 @@ std::string CheckpointMeta::to_json() const {
       {"config_hash", config_hash},
       {"best_val_accuracy", best_val_accuracy},
       {"best_step", best_step},
-      {"world_size", world_size}};
+      {"world_size", world_size},
+      {"partial_epoch",
+       {{"loss_sum", epoch_loss_sum},
+        {"loss_steps", epoch_loss_steps},
+        {"correct", epoch_correct},
+        {"seen", epoch_seen}}}};
   return j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace);
 }
 
@@ -100,6 +105,13 @@ CheckpointMeta CheckpointMeta::from_json(const std::string& text, const std::str
     m.best_val_accuracy = j.at("best_val_accuracy");
     m.best_step = j.at("best_step");
     m.world_size = j.at("world_size");
+    if (j.contains("partial_epoch")) {  // absent in checkpoints of earlier builds
+      const auto& p = j.at("partial_epoch");
+      m.epoch_loss_sum = p.at("loss_sum");
+      m.epoch_loss_steps = p.at("loss_steps");
+      m.epoch_correct = p.at("correct");
+      m.epoch_seen = p.at("seen");
+    }
     if (m.classes.size() != static_cast<std::size_t>(m.model.num_classes) ||
         m.mean.size() != static_cast<std::size_t>(m.channels) || m.std.size() != m.mean.size() ||
         m.model.in_channels != m.channels || m.height < 1 || m.width < 1) {

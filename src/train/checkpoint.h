@@ -36,6 +36,13 @@ struct CheckpointMeta {
   double best_val_accuracy = -1.0;
   std::int64_t best_step = -1;
   int world_size = 1;
+  // Train statistics of the steps already done in `epoch` (all zero at an epoch boundary), summed
+  // over ranks, so that a run resumed mid-epoch (after preemption) writes the same epoch record
+  // as an uninterrupted one.
+  double epoch_loss_sum = 0.0;        // sum of the per-step global mean losses
+  std::int64_t epoch_loss_steps = 0;  // steps in that sum (skipped non-finite steps excluded)
+  std::int64_t epoch_correct = 0;     // correctly classified training samples
+  std::int64_t epoch_seen = 0;        // training samples
 
   std::string to_json() const;
   static CheckpointMeta from_json(const std::string& json, const std::string& source);

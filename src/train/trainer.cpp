@@ -7,6 +7,7 @@
 
 #include <chrono>
 #include <cmath>
+#include <csignal>
 #include <cstdlib>
 #include <fstream>
 #include <optional>
@@ -69,14 +70,20 @@ std::string config_hash(const TrainConfig& config, int world) {
 // Append-only metrics.jsonl: one JSON object per line, flushed per record.
 class MetricsLog {
  public:
-  // Keeps only records with step <= keep_through_step (a resumed run replays the rest).
-  MetricsLog(const fs::path& path, std::int64_t keep_through_step) : path_(path) {
+  // Keeps only records with step <= keep_through_step and, of the epoch records, those of epochs
+  // before first_epoch (a resumed run replays the rest; a run resumed mid-epoch writes that
+  // epoch's record again).
+  MetricsLog(const fs::path& path, std::int64_t keep_through_step, std::int64_t first_epoch)
+      : path_(path) {
     if (keep_through_step >= 0 && fs::exists(path)) {
       std::ifstream in(path);
       std::string line, kept;
       while (std::getline(in, line)) {
         try {
-          if (json::parse(line).value("step", std::int64_t{0}) <= keep_through_step) {
+          const json record = json::parse(line);
+          const bool replayed_epoch = record.value("type", "") == "epoch" &&
+                                      record.value("epoch", std::int64_t{0}) >= first_epoch;
+          if (record.value("step", std::int64_t{0}) <= keep_through_step && !replayed_epoch) {
             kept += line + "\n";
           }
         } catch (const json::exception&) {
@@ -486,6 +493,7 @@ TrainSummary run_training(const TrainConfig& config_in, const TrainRunOptions& o
   CheckpointMeta meta = make_meta(manifest, model, config, yaml, hash);
   meta.world_size = world;
   std::int64_t step = 0, epoch = 0, first_step_in_epoch = 0;
+  CheckpointMeta resumed_partial;  // train statistics of the part of `epoch` already done
   if (resume_from) {
     CheckpointMeta saved;
     load_checkpoint_into(*resume_from, model, optimizer.get(), &saved);
@@ -500,13 +508,14 @@ TrainSummary run_training(const TrainConfig& config_in, const TrainRunOptions& o
     first_step_in_epoch = saved.step_in_epoch;
     meta.best_val_accuracy = saved.best_val_accuracy;
     meta.best_step = saved.best_step;
+    resumed_partial = saved;
     spdlog::info("resuming from {} at step {} (epoch {}, step {} of it; written by {} rank(s))",
                  resume_from->string(), step, epoch, first_step_in_epoch, saved.world_size);
   }
   std::unique_ptr<MetricsLog> metrics;
   if (leader) {
     metrics = std::make_unique<MetricsLog>(opt.run_dir / "metrics.jsonl",
-                                           resume_from ? step : -1);
+                                           resume_from ? step : -1, epoch);
   }
   std::unique_ptr<GradSync> grad_sync;
   if (comm && world > 1) {
@@ -535,12 +544,21 @@ TrainSummary run_training(const TrainConfig& config_in, const TrainRunOptions& o
                     "loss all-reduce at step " + std::to_string(step));
     return t.item<double>();
   };
-  auto global_sum = [&](std::int64_t value) {
+  auto global_reduce = [&](std::int64_t value, ReduceOp op) {
     if (!comm || world == 1) return value;
     at::Tensor t = torch::tensor({value}, torch::kInt64);
-    timed_allreduce(*comm, t, ReduceOp::kSum, config.dist.comm_timeout_s,
+    timed_allreduce(*comm, t, op, config.dist.comm_timeout_s,
                     "all-reduce at step " + std::to_string(step));
     return t.item<std::int64_t>();
+  };
+  auto global_sum = [&](std::int64_t value) { return global_reduce(value, ReduceOp::kSum); };
+  // The train statistics of the steps done in the current epoch, for the next checkpoint.
+  auto set_partial_epoch = [&](double loss_sum, std::int64_t loss_steps, std::int64_t correct,
+                               std::int64_t seen) {
+    meta.epoch_loss_sum = loss_sum;
+    meta.epoch_loss_steps = loss_steps;
+    meta.epoch_correct = correct;
+    meta.epoch_seen = seen;
   };
   auto evaluate_all = [&](EvalLoader& l) {
     EvalResult r = evaluate(model, l, manifest, device);
@@ -560,8 +578,19 @@ TrainSummary run_training(const TrainConfig& config_in, const TrainRunOptions& o
     const auto epoch_start = Clock::now();
     loader.start_epoch(epoch, first_step_in_epoch);
     model->train();
+    // Per-epoch train statistics: loss_sum adds the global mean loss of each step (the same on
+    // every rank), correct/seen count this rank's samples. A run resumed mid-epoch starts from the
+    // checkpoint's sums (the counts on rank 0 only, so the epoch's global sums come out exact).
     double loss_sum = 0.0;
-    std::int64_t correct = 0, seen = 0;
+    std::int64_t loss_steps = 0, correct = 0, seen = 0, seen_before_resume = 0;
+    if (first_step_in_epoch > 0 && resumed_partial.epoch == epoch) {
+      loss_sum = resumed_partial.epoch_loss_sum;
+      loss_steps = resumed_partial.epoch_loss_steps;
+      if (leader) {
+        correct = resumed_partial.epoch_correct;
+        seen = seen_before_resume = resumed_partial.epoch_seen;
+      }
+    }
     auto window_start = Clock::now();
     std::int64_t window_images = 0;
     Batch batch;
@@ -574,8 +603,26 @@ TrainSummary run_training(const TrainConfig& config_in, const TrainRunOptions& o
         spdlog::critical("fault injection: rank {} hangs at step {}", rank, step);
         hang_forever();
       }
-      if (global_sum(cancel_requested() ? 1 : 0) > 0) {  // every rank stops at the same step
+      if (fault.fires(rank, step, "preempt")) {
+        spdlog::critical("fault injection: rank {} raises SIGUSR1 at step {}", rank, step);
+        std::raise(SIGUSR1);
+      }
+      // Every rank polls its signal flag once per step and the ranks agree (max: preemption wins
+      // over interrupt) so that all stop at the same step, before it starts.
+      const auto stop = static_cast<StopReason>(
+          global_reduce(static_cast<std::int64_t>(stop_reason()), ReduceOp::kMax));
+      if (stop != StopReason::kNone) {
+        set_partial_epoch(loss_sum, loss_steps, global_sum(correct), global_sum(seen));
         save(epoch, batch.step);
+        // No rank exits before the checkpoint is on disk: a launcher that sees one rank end
+        // with an error code kills the others, rank 0 included.
+        global_sum(0);
+        if (stop == StopReason::kPreempt) {
+          spdlog::warn("preempted (SIGUSR1/SIGTERM): checkpoint written at step {}; exiting with "
+                       "code {} so the job is requeued, resume with --resume auto",
+                       step, static_cast<int>(ExitCode::kPreempted));
+          throw Preempted();
+        }
         spdlog::warn("interrupted: checkpoint written at step {}; resume with --resume auto",
                      step);
         throw Interrupted();
@@ -624,7 +671,8 @@ TrainSummary run_training(const TrainConfig& config_in, const TrainRunOptions& o
       }
       optimizer->step();
       ++step;
-      loss_sum += loss_value * batch.size;
+      loss_sum += loss_value;
+      ++loss_steps;
       correct += logits.argmax(1).eq(y).sum().item<std::int64_t>();
       seen += batch.size;
       window_images += batch.size;
@@ -645,12 +693,12 @@ TrainSummary run_training(const TrainConfig& config_in, const TrainRunOptions& o
     train_seconds += epoch_seconds;
     const std::int64_t global_seen = global_sum(seen);
     const std::int64_t global_correct = global_sum(correct);
-    images_trained += global_seen;
+    images_trained += global_seen - seen_before_resume;
     const bool last = epoch + 1 == config.train.epochs || step >= last_step;
     json record{{"type", "epoch"},
                 {"epoch", epoch},
                 {"step", step},
-                {"train_loss", seen ? loss_sum / seen : 0.0},
+                {"train_loss", loss_steps ? loss_sum / loss_steps : 0.0},
                 {"train_accuracy", global_seen ? double(global_correct) / global_seen : 0.0},
                 {"seconds", epoch_seconds}};
     if ((epoch + 1) % config.train.eval_every == 0 || last) {
@@ -668,6 +716,7 @@ TrainSummary run_training(const TrainConfig& config_in, const TrainRunOptions& o
         meta.step = step;
         meta.epoch = epoch + 1;
         meta.step_in_epoch = 0;
+        set_partial_epoch(0.0, 0, 0, 0);
         best_state = snapshot(model);
         if (leader) save_checkpoint(ckpt_dir / "best.pt", model, nullptr, meta);
       }
@@ -675,8 +724,11 @@ TrainSummary run_training(const TrainConfig& config_in, const TrainRunOptions& o
     if (metrics) metrics->append(record);
     const std::int64_t done_in_epoch = step - epoch * steps_per_epoch;
     if (done_in_epoch < steps_per_epoch) {
-      save(epoch, done_in_epoch);  // stopped by train.max_steps inside the epoch
+      // stopped by train.max_steps inside the epoch
+      set_partial_epoch(loss_sum, loss_steps, global_correct, global_seen);
+      save(epoch, done_in_epoch);
     } else if ((epoch + 1) % config.checkpoint.every_epochs == 0 || last) {
+      set_partial_epoch(0.0, 0, 0, 0);
       save(epoch + 1, 0);
     }
   }
