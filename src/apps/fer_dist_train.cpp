@@ -3,7 +3,12 @@
 #include <CLI/CLI.hpp>
 #include <spdlog/spdlog.h>
 
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <cstdio>
+#include <filesystem>
 
 #include "common/cancel.h"
 #include "common/errors.h"
@@ -31,6 +36,29 @@ constexpr const char* kExitCodes =
     "       it again with --resume auto (launch/slurm/*.sbatch do this)\n"
     "  130  interrupted (SIGINT): a checkpoint of the current step was written\n";
 
+// Runs fer-report (installed beside this executable) on the finished run. The trainer links no
+// OpenCV (DESIGN.md), so the plots are drawn by that tool in a child process. Any failure is a
+// warning: the training itself succeeded.
+void write_report(const std::string& run_dir) {
+  std::error_code ec;
+  const std::filesystem::path self = std::filesystem::read_symlink("/proc/self/exe", ec);
+  const std::filesystem::path report = self.parent_path() / "fer-report";
+  if (ec || !std::filesystem::exists(report)) {
+    spdlog::warn("no report: fer-report not found next to fer-dist-train ({})", report.string());
+    return;
+  }
+  std::string program = report.string(), dir = run_dir, quiet = "-q";
+  char* args[] = {program.data(), dir.data(), quiet.data(), nullptr};
+  std::fflush(stdout);
+  pid_t pid = 0;
+  int status = 0;
+  if (::posix_spawn(&pid, program.c_str(), nullptr, nullptr, args, environ) != 0 ||
+      ::waitpid(pid, &status, 0) != pid || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+    spdlog::warn("the report could not be written (run {} {} to see why); the run is complete",
+                 program, run_dir);
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -47,6 +75,7 @@ int main(int argc, char** argv) {
              kExitCodes);
   std::string config_path, data_dir, run_dir, resume, device = "auto", eval_only;
   std::string log_level = "info";
+  bool no_report = false;
   std::vector<std::string> overrides;
   int threads = 0;
   app.add_option("--config", config_path, "YAML recipe (configs/*.yaml); defaults otherwise")
@@ -60,6 +89,8 @@ int main(int argc, char** argv) {
   app.add_option("--threads", threads, "intra-op threads (default: OMP_NUM_THREADS or all cores)");
   app.add_option("--eval-only", eval_only, "evaluate this checkpoint on val and test, then exit");
   app.add_option("--log-level", log_level, "trace|debug|info|warn|error")->capture_default_str();
+  app.add_flag("--no-report", no_report,
+               "do not run fer-report (plots + report.md in RUN_DIR/report) at the end");
   try {
     app.parse(argc, argv);
     if (eval_only.empty() && run_dir.empty()) {
@@ -116,6 +147,10 @@ int main(int argc, char** argv) {
       std::printf(", %.0f images/s -> %s\n", summary.images_per_second, run_dir.c_str());
     }
     comm.reset();
+    if (rank == 0 && !no_report) {
+      mpi.reset();  // MPI finalized before the child process starts
+      write_report(run_dir);
+    }
     return 0;
   } catch (const Preempted&) {
     std::fprintf(stderr, "fer-dist-train: rank %d preempted, checkpoint written (exit %d)\n", rank,

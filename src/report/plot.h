@@ -1,0 +1,78 @@
+// Small chart drawing on top of OpenCV's imgproc (no plotting dependency): line charts, grouped
+// bar charts and labelled heat maps, each with a title, axis labels, tick values and a legend.
+//
+// Every draw_* function is pure: it returns a new 8-bit BGR image and touches no shared state, so
+// charts may be drawn on any thread. Coordinates in the specs are data units; pixel layout
+// (margins, fonts, ticks) is decided here so all charts of a report look alike.
+#pragma once
+
+#include <opencv2/core.hpp>
+
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace fer::report {
+
+// Colour-blind-safe palette (Okabe-Ito), BGR; series without a colour take kPalette[i % size].
+const std::vector<cv::Scalar>& palette();
+
+struct Axis {
+  std::string label;          // drawn along the axis, e.g. "epoch"
+  std::optional<double> min;  // data range; unset = from the data (with a small pad)
+  std::optional<double> max;
+  bool integer_ticks = false; // ticks only at whole numbers (epochs, steps)
+};
+
+struct Series {
+  std::string label;                // legend entry; empty = not in the legend
+  std::vector<double> x, y;         // same length; non-finite points are skipped
+  std::optional<cv::Scalar> color;  // BGR; unset = palette by index
+  bool markers = false;             // a dot on every point (few points, e.g. per epoch)
+  bool dashed = false;              // tell two series of one colour apart
+};
+
+struct LineChart {
+  std::string title;
+  Axis x, y;
+  std::vector<Series> series;
+};
+
+// Grouped bars: for each category, one bar per group (e.g. precision/recall/F1 per class).
+struct BarChart {
+  std::string title;
+  std::string x_label;
+  Axis y;
+  std::vector<std::string> categories;      // along x
+  std::vector<std::string> groups;          // legend entries, one bar each per category
+  std::vector<std::vector<double>> values;  // [group][category]
+  bool value_labels = true;                 // print each bar's value above it
+};
+
+// A matrix of cells coloured by `shade` (0..1, e.g. the row-normalized count) and labelled with
+// `values` (e.g. the counts), with row and column labels and a colour bar.
+struct HeatMap {
+  std::string title;
+  std::string x_label, y_label;              // e.g. "predicted", "true"
+  std::vector<std::string> row_labels, col_labels;
+  std::vector<std::vector<double>> values;   // [row][col], printed in the cells
+  std::vector<std::vector<double>> shade;    // [row][col] in [0,1]; empty = values / max
+  std::string shade_label;                   // colour bar caption, e.g. "fraction of the row"
+  int value_decimals = 0;                    // 0 for counts
+};
+
+cv::Mat draw_line_chart(const LineChart& chart, cv::Size size = {900, 520});
+cv::Mat draw_bar_chart(const BarChart& chart, cv::Size size = {900, 520});
+cv::Mat draw_heat_map(const HeatMap& map, cv::Size size = {760, 700});
+
+// Ticks at 1, 2 or 5 times a power of ten covering [lo, hi], about `target` of them.
+std::vector<double> nice_ticks(double lo, double hi, int target, bool integer_only = false);
+
+// Tick text with just enough decimals for `step` ("0.25", "1e-04" for tiny values).
+std::string format_tick(double value, double step);
+
+// Encodes PNG and writes it atomically. Throws IoError.
+void write_png(const std::filesystem::path& path, const cv::Mat& image);
+
+}  // namespace fer::report
