@@ -380,43 +380,67 @@ bool decode_image_bytes(const std::vector<std::uint8_t>& bytes, int size, int ch
     *reason = "file too large to decode";
     return false;
   }
+  const cv::Mat image = decode_to_channels(bytes.data(), bytes.size(), channels, reason);
+  if (image.empty()) return false;
   try {
-    // imdecode only reads the buffer; the const_cast is what wrapping it without a copy needs.
-    const cv::Mat raw(1, static_cast<int>(bytes.size()), CV_8UC1,
-                      const_cast<std::uint8_t*>(bytes.data()));
-    const cv::Mat decoded = cv::imdecode(raw, kDecodeFlags);
-    if (decoded.empty()) {
-      *reason = "not a decodable image (truncated or not an image)";
-      return false;
-    }
-    // CMYK JPEGs already arrive as 3-channel BGR: OpenCV's JPEG decoder converts them.
-    cv::Mat image = to_channels(to_8bit(decoded), channels);
-    if (image.empty()) {
-      *reason = detail::concat("unsupported channel count ", decoded.channels());
-      return false;
-    }
-    if (image.cols != size || image.rows != size) {
-      // Area averaging avoids aliasing when shrinking; it needs no enlargement in either
-      // dimension (a 96x48 -> 48x48 resize is a pure shrink along x and uses it too).
-      const bool shrink = image.cols >= size && image.rows >= size;
-      cv::Mat resized;
-      cv::resize(image, resized, cv::Size(size, size), 0, 0,
-                 shrink ? cv::INTER_AREA : cv::INTER_LINEAR);
-      image = resized;
-    }
+    const cv::Mat sized = resize_like_pack(image, size, size);
     const std::size_t row_bytes = static_cast<std::size_t>(size) * channels;
     for (int y = 0; y < size; ++y) {
-      std::memcpy(out + y * row_bytes, image.ptr<std::uint8_t>(y), row_bytes);
+      std::memcpy(out + y * row_bytes, sized.ptr<std::uint8_t>(y), row_bytes);
     }
     return true;
   } catch (const cv::Exception& e) {
     *reason = e.what();
     return false;
   } catch (const std::exception& e) {
-    // bad_alloc for absurd dimensions and the like: still bad data, not a bug.
     *reason = detail::concat("decode failed: ", e.what());
     return false;
   }
+}
+
+cv::Mat decode_to_channels(const std::uint8_t* bytes, std::size_t size, int channels,
+                           std::string* reason) {
+  std::string unused;
+  if (reason == nullptr) reason = &unused;
+  if (size == 0) {
+    *reason = "empty file";
+    return {};
+  }
+  if (size > static_cast<std::size_t>(INT_MAX)) {
+    *reason = "file too large to decode";
+    return {};
+  }
+  try {
+    // imdecode only reads the buffer; the const_cast is what wrapping it without a copy needs.
+    const cv::Mat raw(1, static_cast<int>(size), CV_8UC1, const_cast<std::uint8_t*>(bytes));
+    const cv::Mat decoded = cv::imdecode(raw, kDecodeFlags);
+    if (decoded.empty()) {
+      *reason = "not a decodable image (truncated or not an image)";
+      return {};
+    }
+    // CMYK JPEGs already arrive as 3-channel BGR: OpenCV's JPEG decoder converts them.
+    cv::Mat image = to_channels(to_8bit(decoded), channels);
+    if (image.empty()) *reason = detail::concat("unsupported channel count ", decoded.channels());
+    return image;
+  } catch (const cv::Exception& e) {
+    *reason = e.what();
+    return {};
+  } catch (const std::exception& e) {
+    // bad_alloc for absurd dimensions and the like: still bad data, not a bug.
+    *reason = detail::concat("decode failed: ", e.what());
+    return {};
+  }
+}
+
+cv::Mat resize_like_pack(const cv::Mat& image, int width, int height) {
+  if (image.cols == width && image.rows == height) return image;
+  // Area averaging avoids aliasing when shrinking; it needs no enlargement in either dimension
+  // (a 96x48 -> 48x48 resize is a pure shrink along x and uses it too).
+  const bool shrink = image.cols >= width && image.rows >= height;
+  cv::Mat resized;
+  cv::resize(image, resized, cv::Size(width, height), 0, 0,
+             shrink ? cv::INTER_AREA : cv::INTER_LINEAR);
+  return resized;
 }
 
 bool decode_image_file(const fs::path& path, int size, int channels, std::uint8_t* out,

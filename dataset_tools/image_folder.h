@@ -7,6 +7,8 @@
 // Symlinks are followed, each real directory is visited once (no loops).
 #pragma once
 
+#include <opencv2/core.hpp>
+
 #include <cstdint>
 #include <filesystem>
 #include <map>
@@ -46,5 +48,15 @@ bool decode_image_file(const std::filesystem::path& path, int size, int channels
 // The same for bytes already in memory (used by decode_image_file and tests).
 bool decode_image_bytes(const std::vector<std::uint8_t>& bytes, int size, int channels,
                         std::uint8_t* out, std::string* reason);
+
+// The steps of decode_image_bytes, exposed so that fer-predict prepares a face crop exactly like
+// fer-pack prepared the training images:
+// Decodes `bytes` (any depth and channel count) and converts to 8-bit with `channels` (1: gray
+// with ITU-R 601 weights, 3: RGB; alpha dropped). Empty Mat and a reason on failure; no throw.
+cv::Mat decode_to_channels(const std::uint8_t* bytes, std::size_t size, int channels,
+                           std::string* reason);
+// Resizes to width x height as fer-pack does: area interpolation when shrinking in both
+// dimensions, bilinear otherwise; the image itself when the size already fits.
+cv::Mat resize_like_pack(const cv::Mat& image, int width, int height);
 
 }  // namespace fer::tools
