@@ -137,6 +137,36 @@ TEST_F(TrainerE2E, TwoEpochsPlusResumeEqualFourEpochsInWeightsAndMetrics) {
   expect_same_weights(path("full") / last, path("split") / last);
 }
 
+// Preemption (SIGUSR1, raised by fault injection before step 10, in the middle of epoch 1): the
+// run writes the checkpoint of step 10 and exits 75; the resumed run ends with the weights, the
+// metrics (the interrupted epoch's train loss and accuracy included) and the test result of an
+// uninterrupted run, to the bit.
+TEST_F(TrainerE2E, PreemptedMidEpochExitsSeventyFiveAndResumesToTheSameWeightsAndMetrics) {
+  auto full = run_command(train(path("tiny.yaml"), path("data"), path("full")));
+  ASSERT_EQ(full.exit_code, 0) << full.output;
+  auto first = run_command("FER_FAULT_INJECT=kind:preempt,step:10 " +
+                           train(path("tiny.yaml"), path("data"), path("pre")));
+  ASSERT_EQ(first.exit_code, 75) << first.output;
+  EXPECT_NE(first.output.find("checkpoint written at step 10"), std::string::npos)
+      << first.output;
+  const CheckpointMeta saved =
+      read_checkpoint_meta(path("pre") / "checkpoints" / checkpoint_file_name(10));
+  EXPECT_EQ(saved.epoch, 1);
+  EXPECT_EQ(saved.step_in_epoch, 3);
+  EXPECT_EQ(saved.epoch_loss_steps, 3);
+  EXPECT_EQ(saved.epoch_seen, 3 * 16);
+  auto rest = run_command(train(path("tiny.yaml"), path("data"), path("pre"), "--resume auto"));
+  ASSERT_EQ(rest.exit_code, 0) << rest.output;
+  EXPECT_NE(rest.output.find("resuming from"), std::string::npos) << rest.output;
+  const fs::path last = fs::path("checkpoints") / checkpoint_file_name(28);
+  expect_same_weights(path("full") / last, path("pre") / last);
+  EXPECT_EQ(numeric_metrics(path("full")), numeric_metrics(path("pre")));
+  const json a = json::parse(read_file(path("full") / "summary.json"));
+  const json b = json::parse(read_file(path("pre") / "summary.json"));
+  EXPECT_EQ(a["steps"], b["steps"]);
+  EXPECT_EQ(a["test"], b["test"]);
+}
+
 TEST_F(TrainerE2E, NonFiniteLossStopsNamingTheStepAndKeepsTheLastCheckpoint) {
   const std::string env = "FER_FAULT_INJECT=kind:nan,step:9 ";
   auto r = run_command(env + train(path("tiny.yaml"), path("data"), path("nan")));
