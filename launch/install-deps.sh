@@ -16,6 +16,7 @@ packages=(
   opencv-data                         # Haar cascades for fer-predict
   libspdlog-dev libfmt-dev libyaml-cpp-dev libcli11-dev nlohmann-json3-dev
   libgtest-dev googletest
+  slurm-wlm munge                     # the sbatch scripts are tested on a local one-node Slurm
 )
 if [[ "${1:-}" == "--bench" ]]; then
   packages+=(python3-torch python3-torchvision python3-h5py python3-pil python3-numpy time bc)
