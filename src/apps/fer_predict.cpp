@@ -1,7 +1,6 @@
 // fer-predict: facial expressions of the faces in pictures, from a fer-dist-train checkpoint (see
 // --help). Flags and output formatting only; the work is in src/predict.
 #include <CLI/CLI.hpp>
-
 #include <cstdio>
 #include <map>
 #include <nlohmann/json.hpp>
@@ -32,11 +31,12 @@ json result_json(const ImageResult& r, std::size_t face) {
   const FacePrediction& f = r.faces[face];
   json top = json::array();
   for (const auto& s : f.top) top.push_back({{"label", s.label}, {"probability", s.probability}});
-  return {{"image", r.path.string()},
-          {"status", "ok"},
-          {"face", face},
-          {"box", {{"x", f.box.x}, {"y", f.box.y}, {"width", f.box.width}, {"height", f.box.height}}},
-          {"top_k", top}};
+  return {
+      {"image", r.path.string()},
+      {"status", "ok"},
+      {"face", face},
+      {"box", {{"x", f.box.x}, {"y", f.box.y}, {"width", f.box.width}, {"height", f.box.height}}},
+      {"top_k", top}};
 }
 
 void print_table(const ImageResult& r, bool detect) {
@@ -64,8 +64,9 @@ fs::path annotated_name(const fs::path& dir, const fs::path& source,
 }  // namespace
 
 int main(int argc, char** argv) {
-  CLI::App app{"fer-predict: the facial expression of every face in pictures, with a "
-               "fer-dist-train checkpoint"};
+  CLI::App app{
+      "fer-predict: the facial expression of every face in pictures, with a "
+      "fer-dist-train checkpoint"};
   app.footer(std::string("\nExamples:\n"
                          "  fer-predict --checkpoint runs/demo/checkpoints/best.pt photo.jpg\n"
                          "  fer-predict --checkpoint best.pt --json --top-k 2 photos/\n"
@@ -76,14 +77,12 @@ int main(int argc, char** argv) {
   std::vector<std::string> inputs;
   std::string annotate_dir;
   bool json_lines = false;
-  app.add_option("--checkpoint", options.checkpoint, "fer-dist-train checkpoint (.pt)")
-      ->required();
+  app.add_option("--checkpoint", options.checkpoint, "fer-dist-train checkpoint (.pt)")->required();
   app.add_flag("--detect-faces,!--no-detect", options.detect_faces,
                "find faces with the Haar cascade (default), or classify each whole picture");
   app.add_option("--cascade", options.cascade, "OpenCV Haar cascade XML")->capture_default_str();
   app.add_option("--top-k", options.top_k, "emotions listed per face")->capture_default_str();
-  app.add_option("--margin", options.margin,
-                 "added around each detected box, fraction of its side")
+  app.add_option("--margin", options.margin, "added around each detected box, fraction of its side")
       ->capture_default_str();
   app.add_option("--min-face", options.min_face, "smallest face to detect, pixels")
       ->capture_default_str();
@@ -121,15 +120,19 @@ int main(int argc, char** argv) {
         ++failed;
         std::fprintf(stderr, "fer-predict: error: %s: %s\n", r.path.c_str(), r.error.c_str());
         if (json_lines) {
-          std::printf("%s\n", json{{"image", r.path.string()}, {"status", "error"},
-                                   {"error", r.error}}.dump().c_str());
+          std::printf("%s\n",
+                      json{{"image", r.path.string()}, {"status", "error"}, {"error", r.error}}
+                          .dump()
+                          .c_str());
         }
         continue;
       }
       if (json_lines) {
         if (r.faces.empty()) {
-          std::printf("%s\n", json{{"image", r.path.string()}, {"status", "no_face"},
-                                   {"message", kNoFace}}.dump().c_str());
+          std::printf("%s\n",
+                      json{{"image", r.path.string()}, {"status", "no_face"}, {"message", kNoFace}}
+                          .dump()
+                          .c_str());
         }
         for (std::size_t i = 0; i < r.faces.size(); ++i) {
           std::printf("%s\n", result_json(r, i).dump().c_str());
@@ -137,7 +140,8 @@ int main(int argc, char** argv) {
       } else {
         print_table(r, options.detect_faces);
       }
-      if (!annotate_dir.empty()) write_annotated(r, annotated_name(annotate_dir, r.path, &used_names));
+      if (!annotate_dir.empty())
+        write_annotated(r, annotated_name(annotate_dir, r.path, &used_names));
     }
     std::fflush(stdout);
     if (failed > 0) {

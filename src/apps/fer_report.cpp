@@ -1,7 +1,6 @@
 // fer-report: plots and report.md for a fer-dist-train run folder (see --help). Flags only; the
 // work is in src/report.
 #include <CLI/CLI.hpp>
-
 #include <cstdio>
 #include <string>
 
@@ -11,8 +10,9 @@
 using namespace fer;
 
 int main(int argc, char** argv) {
-  CLI::App app{"fer-report: PNG plots (loss, accuracy, lr/beta1, confusion matrix, per-class "
-               "scores) and report.md for a fer-dist-train run folder"};
+  CLI::App app{
+      "fer-report: PNG plots (loss, accuracy, lr/beta1, confusion matrix, per-class "
+      "scores) and report.md for a fer-dist-train run folder"};
   app.footer(
       "\nReads RUN_DIR/metrics.jsonl and RUN_DIR/summary.json; writes RUN_DIR/report/ (report.md,\n"
       "loss.png, accuracy.png, schedule.png, confusion.png, per_class.png). fer-dist-train runs\n"

@@ -70,8 +70,8 @@ Predictor::Predictor(const PredictOptions& options) : state_(std::make_unique<St
             options.checkpoint.string(), ": unsupported channel count ", s.meta.channels);
   FER_CHECK(s.meta.classes.size() > 0 && s.meta.height > 0 && s.meta.width > 0, CheckpointError,
             options.checkpoint.string(), ": no classes or image shape in the checkpoint");
-  s.normalizer = std::make_unique<Normalizer>(s.meta.channels, s.meta.mean.data(),
-                                              s.meta.std.data());
+  s.normalizer =
+      std::make_unique<Normalizer>(s.meta.channels, s.meta.mean.data(), s.meta.std.data());
   s.device = torch::Device(resolve_device_name(options.device));
   s.model->to(s.device);
   s.model->eval();
@@ -119,9 +119,8 @@ std::vector<ImageResult> Predictor::predict(const std::vector<fs::path>& images)
       result.error = e.what();
       continue;
     }
-    const cv::Mat image =
-        tools::decode_to_channels(reinterpret_cast<const std::uint8_t*>(bytes.data()),
-                                  bytes.size(), c, &result.error);
+    const cv::Mat image = tools::decode_to_channels(
+        reinterpret_cast<const std::uint8_t*>(bytes.data()), bytes.size(), c, &result.error);
     if (image.empty()) continue;
     result.ok = true;
     result.width = image.cols;
@@ -149,10 +148,11 @@ std::vector<ImageResult> Predictor::predict(const std::vector<fs::path>& images)
     }
     for (const cv::Rect& box : boxes) {
       // Continuous HWC bytes for the normalizer (a resize to the same size returns a view).
-      const cv::Mat face = tools::resize_like_pack(crop_with_margin(image, box, margin), w, h)
-                               .clone();
+      const cv::Mat face =
+          tools::resize_like_pack(crop_with_margin(image, box, margin), w, h).clone();
       batch.resize(batch.size() + face_floats);
-      s.normalizer->apply(face.ptr<std::uint8_t>(0), h, w, batch.data() + batch.size() - face_floats);
+      s.normalizer->apply(face.ptr<std::uint8_t>(0), h, w,
+                          batch.data() + batch.size() - face_floats);
       owners.emplace_back(i, result.faces.size());
       result.faces.push_back({{box.x, box.y, box.width, box.height}, {}});
       if (static_cast<int>(owners.size()) == s.options.batch_size) flush();
@@ -200,11 +200,11 @@ void write_annotated(const ImageResult& result, const fs::path& out) {
   const cv::Scalar box_color(60, 200, 60), text_color(255, 255, 255);
   auto label = [&](const std::string& text, cv::Point at) {
     int baseline = 0;
-    const cv::Size size = cv::getTextSize(text, cv::FONT_HERSHEY_SIMPLEX, scale, thickness,
-                                          &baseline);
+    const cv::Size size =
+        cv::getTextSize(text, cv::FONT_HERSHEY_SIMPLEX, scale, thickness, &baseline);
     // Above the box when there is room, else inside its top edge.
-    const int top = at.y - size.height - baseline - 6 >= 0 ? at.y - size.height - baseline - 6
-                                                            : at.y;
+    const int top =
+        at.y - size.height - baseline - 6 >= 0 ? at.y - size.height - baseline - 6 : at.y;
     cv::rectangle(image, {at.x, top}, {at.x + size.width + 6, top + size.height + baseline + 6},
                   box_color, cv::FILLED);
     cv::putText(image, text, {at.x + 3, top + size.height + 3}, cv::FONT_HERSHEY_SIMPLEX, scale,

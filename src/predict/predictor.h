@@ -20,14 +20,14 @@ inline constexpr const char* kDefaultCascade =
     "/usr/share/opencv4/haarcascades/haarcascade_frontalface_default.xml";
 
 struct PredictOptions {
-  std::filesystem::path checkpoint;          // a fer-dist-train checkpoint (.pt)
-  bool detect_faces = true;                  // false: classify each whole image as one face
+  std::filesystem::path checkpoint;  // a fer-dist-train checkpoint (.pt)
+  bool detect_faces = true;          // false: classify each whole image as one face
   std::filesystem::path cascade = kDefaultCascade;
-  double margin = 0.15;                      // added on every side, fraction of the box side
-  int min_face = 24;                         // smallest face the detector reports, pixels
-  int top_k = 3;                             // emotions listed per face (capped at the classes)
-  int batch_size = 64;                       // faces per forward pass
-  std::string device = "cpu";                // cpu | cuda | cuda:N | auto
+  double margin = 0.15;        // added on every side, fraction of the box side
+  int min_face = 24;           // smallest face the detector reports, pixels
+  int top_k = 3;               // emotions listed per face (capped at the classes)
+  int batch_size = 64;         // faces per forward pass
+  std::string device = "cpu";  // cpu | cuda | cuda:N | auto
 };
 
 struct FaceBox {
@@ -40,13 +40,13 @@ struct ClassScore {
 };
 
 struct FacePrediction {
-  FaceBox box;                     // the detector's box (the whole image with --no-detect)
-  std::vector<ClassScore> top;     // best first, top_k entries
+  FaceBox box;                  // the detector's box (the whole image with --no-detect)
+  std::vector<ClassScore> top;  // best first, top_k entries
 };
 
 struct ImageResult {
   std::filesystem::path path;
-  bool ok = false;                 // false: could not be read or decoded (see error)
+  bool ok = false;  // false: could not be read or decoded (see error)
   std::string error;
   int width = 0, height = 0;
   std::vector<FacePrediction> faces;  // empty with ok: no face found

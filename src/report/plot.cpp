@@ -20,8 +20,8 @@ constexpr double kTickScale = 0.45;   // tick values, category names
 constexpr double kValueScale = 0.38;  // numbers on bars and in cells
 constexpr int kMarginLeft = 95;       // room for tick values and the rotated y label
 constexpr int kMarginRight = 30;
-constexpr int kMarginTop = 72;        // title row, then the legend row
-constexpr int kMarginBottom = 62;     // tick values, then the x label
+constexpr int kMarginTop = 72;     // title row, then the legend row
+constexpr int kMarginBottom = 62;  // tick values, then the x label
 const cv::Scalar kBackground(255, 255, 255);
 const cv::Scalar kInk(40, 40, 40);
 const cv::Scalar kGrid(225, 225, 225);
@@ -61,8 +61,7 @@ void draw_vertical_text(cv::Mat& img, const std::string& text, cv::Point centre,
   cv::Rect target(centre.x - patch.cols / 2, centre.y - patch.rows / 2, patch.cols, patch.rows);
   const cv::Rect clipped = target & cv::Rect(0, 0, img.cols, img.rows);
   if (clipped.empty()) return;
-  const cv::Rect source(clipped.x - target.x, clipped.y - target.y, clipped.width,
-                        clipped.height);
+  const cv::Rect source(clipped.x - target.x, clipped.y - target.y, clipped.width, clipped.height);
   patch(source).copyTo(img(clipped), mask(source));
 }
 
@@ -141,8 +140,8 @@ struct Frame {
 };
 
 // Grid, frame, tick values and axis labels. `x_ticks` false for category axes.
-void draw_axes(cv::Mat& img, const Frame& f, const std::string& x_label,
-               const std::string& y_label, bool x_ticks) {
+void draw_axes(cv::Mat& img, const Frame& f, const std::string& x_label, const std::string& y_label,
+               bool x_ticks) {
   for (double t : f.y.ticks) {
     const int py = static_cast<int>(std::lround(f.to_px(f.x.lo, t).y));
     cv::line(img, {f.area.x, py}, {f.area.x + f.area.width, py}, kGrid, 1);
@@ -155,8 +154,8 @@ void draw_axes(cv::Mat& img, const Frame& f, const std::string& x_label,
       const int px = static_cast<int>(std::lround(f.to_px(t, f.y.lo).x));
       cv::line(img, {px, f.area.y}, {px, f.area.y + f.area.height}, kGrid, 1);
       cv::line(img, {px, f.area.y + f.area.height}, {px, f.area.y + f.area.height + 5}, kAxis, 1);
-      draw_text(img, format_tick(t, f.x.step), {px, f.area.y + f.area.height + 9}, kTickScale,
-                kInk, HAlign::kCenter, VAlign::kTop);
+      draw_text(img, format_tick(t, f.x.step), {px, f.area.y + f.area.height + 9}, kTickScale, kInk,
+                HAlign::kCenter, VAlign::kTop);
     }
   }
   cv::rectangle(img, f.area, kAxis, 1);
@@ -182,7 +181,8 @@ void draw_polyline(cv::Mat& img, const std::vector<cv::Point2d>& pts, const cv::
       const bool on = phase < kDash;
       const double left = on ? kDash - phase : kDash + kSpace - phase;
       const double e = std::min(len, s + left);
-      if (on) cv::line(img, a + (b - a) * (s / len), a + (b - a) * (e / len), color, 2, cv::LINE_AA);
+      if (on)
+        cv::line(img, a + (b - a) * (s / len), a + (b - a) * (e / len), color, 2, cv::LINE_AA);
       phase = std::fmod(phase + (e - s), kDash + kSpace);
       s = e;
     }
@@ -230,14 +230,14 @@ cv::Scalar heat_color(double t) {
 
 const std::vector<cv::Scalar>& palette() {
   static const std::vector<cv::Scalar> colors = {
-      {178, 114, 0},   // blue
-      {0, 94, 213},    // vermillion
-      {115, 158, 0},   // bluish green
-      {167, 121, 204}, // reddish purple
-      {0, 159, 230},   // orange
-      {233, 180, 86},  // sky blue
-      {66, 228, 240},  // yellow
-      {0, 0, 0},       // black
+      {178, 114, 0},    // blue
+      {0, 94, 213},     // vermillion
+      {115, 158, 0},    // bluish green
+      {167, 121, 204},  // reddish purple
+      {0, 159, 230},    // orange
+      {233, 180, 86},   // sky blue
+      {66, 228, 240},   // yellow
+      {0, 0, 0},        // black
   };
   return colors;
 }
@@ -364,8 +364,7 @@ cv::Mat draw_bar_chart(const BarChart& chart, cv::Size size) {
     }
   }
   for (int c = 0; c < n; ++c) {
-    draw_category_label(img, chart.categories[c],
-                        static_cast<int>(f.area.x + slot * (c + 0.5)),
+    draw_category_label(img, chart.categories[c], static_cast<int>(f.area.x + slot * (c + 0.5)),
                         f.area.y + f.area.height + 8, static_cast<int>(slot) - 4);
   }
   if (!legend.empty()) draw_legend(img, legend);
@@ -381,10 +380,9 @@ cv::Mat draw_heat_map(const HeatMap& map, cv::Size size) {
   label_w = std::min(label_w, 160);
   constexpr int kBarWidth = 18, kBarRoom = 90;  // colour bar and its tick values
   const int left = 40 + label_w + 10, top = kMarginTop - 20;
-  const int bottom = 110;                       // column labels (maybe vertical) + x label
-  const int cell = std::max(
-      4, std::min((size.width - left - kBarRoom) / std::max(1, cols),
-                  (size.height - top - bottom) / std::max(1, rows)));
+  const int bottom = 110;  // column labels (maybe vertical) + x label
+  const int cell = std::max(4, std::min((size.width - left - kBarRoom) / std::max(1, cols),
+                                        (size.height - top - bottom) / std::max(1, rows)));
   const cv::Rect grid(left, top, cell * cols, cell * rows);
   draw_title(img, map.title);
 
@@ -404,8 +402,8 @@ cv::Mat draw_heat_map(const HeatMap& map, cv::Size size) {
       std::snprintf(buf, sizeof buf, "%.*f", map.value_decimals, v);
       double scale = 0.5;
       while (scale > 0.3 && text_size(buf, scale).width > cell - 4) scale -= 0.05;
-      draw_text(img, buf, {box.x + cell / 2, box.y + cell / 2}, scale,
-                t > 0.5 ? kBackground : kInk, HAlign::kCenter, VAlign::kMiddle);
+      draw_text(img, buf, {box.x + cell / 2, box.y + cell / 2}, scale, t > 0.5 ? kBackground : kInk,
+                HAlign::kCenter, VAlign::kMiddle);
     }
   }
   cv::rectangle(img, grid, kAxis, 1);
@@ -419,7 +417,8 @@ cv::Mat draw_heat_map(const HeatMap& map, cv::Size size) {
                         grid.y + grid.height + 8, cell - 4);
   }
   int label_room = 0;
-  for (const auto& l : map.col_labels) label_room = std::max(label_room, category_label_extent(l, cell - 4));
+  for (const auto& l : map.col_labels)
+    label_room = std::max(label_room, category_label_extent(l, cell - 4));
   draw_text(img, map.x_label, {grid.x + grid.width / 2, grid.y + grid.height + label_room + 12},
             kLabelScale, kInk, HAlign::kCenter, VAlign::kTop);
   draw_vertical_text(img, map.y_label, {16, grid.y + grid.height / 2}, kLabelScale, kInk);

@@ -6,9 +6,8 @@
 // (margins, fonts, ticks) is decided here so all charts of a report look alike.
 #pragma once
 
-#include <opencv2/core.hpp>
-
 #include <filesystem>
+#include <opencv2/core.hpp>
 #include <optional>
 #include <string>
 #include <vector>
@@ -22,7 +21,7 @@ struct Axis {
   std::string label;          // drawn along the axis, e.g. "epoch"
   std::optional<double> min;  // data range; unset = from the data (with a small pad)
   std::optional<double> max;
-  bool integer_ticks = false; // ticks only at whole numbers (epochs, steps)
+  bool integer_ticks = false;  // ticks only at whole numbers (epochs, steps)
 };
 
 struct Series {
@@ -54,12 +53,12 @@ struct BarChart {
 // `values` (e.g. the counts), with row and column labels and a colour bar.
 struct HeatMap {
   std::string title;
-  std::string x_label, y_label;              // e.g. "predicted", "true"
+  std::string x_label, y_label;  // e.g. "predicted", "true"
   std::vector<std::string> row_labels, col_labels;
-  std::vector<std::vector<double>> values;   // [row][col], printed in the cells
-  std::vector<std::vector<double>> shade;    // [row][col] in [0,1]; empty = values / max
-  std::string shade_label;                   // colour bar caption, e.g. "fraction of the row"
-  int value_decimals = 0;                    // 0 for counts
+  std::vector<std::vector<double>> values;  // [row][col], printed in the cells
+  std::vector<std::vector<double>> shade;   // [row][col] in [0,1]; empty = values / max
+  std::string shade_label;                  // colour bar caption, e.g. "fraction of the row"
+  int value_decimals = 0;                   // 0 for counts
 };
 
 cv::Mat draw_line_chart(const LineChart& chart, cv::Size size = {900, 520});

@@ -150,8 +150,8 @@ TEST_F(FerPredict, PastedFacesAreFoundWithBoxesWhereTheyWerePasted) {
 }
 
 TEST_F(FerPredict, JsonLinesFollowTheSchema) {
-  const auto r = run_command(predict("--json --top-k 7 " + file(pasted_[1].file) + " " +
-                                     file("no_face.png")));
+  const auto r =
+      run_command(predict("--json --top-k 7 " + file(pasted_[1].file) + " " + file("no_face.png")));
   ASSERT_EQ(r.exit_code, 0) << r.output;
   const auto lines = json_lines(r.output);
   ASSERT_EQ(lines.size(), 2u) << r.output;
@@ -230,8 +230,7 @@ TEST_F(FerPredict, NoDetectClassifiesTheWholePicturePreprocessedLikeTraining) {
   for (const auto& entry : lines[0]["top_k"]) {
     const auto& names = meta.classes;
     const auto index = std::find(names.begin(), names.end(), entry["label"]) - names.begin();
-    EXPECT_NEAR(entry["probability"].get<double>(), probs[0][index].item<double>(), 1e-5)
-        << entry;
+    EXPECT_NEAR(entry["probability"].get<double>(), probs[0][index].item<double>(), 1e-5) << entry;
   }
 }
 

@@ -1,6 +1,8 @@
 // fer-report and its plotting module: ticks and chart drawing in isolation, then the report of a
 // real tiny training run (written by fer-dist-train at the end), a run without summary.json,
 // --no-report, and a folder that is not a run.
+#include "report/report.h"
+
 #include <gtest/gtest.h>
 
 #include <fstream>
@@ -10,7 +12,6 @@
 
 #include "common/fs_util.h"
 #include "report/plot.h"
-#include "report/report.h"
 #include "test_util.h"
 
 namespace fs = std::filesystem;
@@ -98,8 +99,8 @@ class FerReport : public ::testing::Test {
                                          "train: {epochs: 2, batch_size: 16, log_every: 1, "
                                          "threads: 1}\n"
                                          "data: {workers: 1}\n";
-    r = run_command(tool("fer-dist-train") + " --config " + quote(root / "tiny.yaml") +
-                    " --data " + quote(root / "data") + " --out " + quote(root / "run"));
+    r = run_command(tool("fer-dist-train") + " --config " + quote(root / "tiny.yaml") + " --data " +
+                    quote(root / "data") + " --out " + quote(root / "run"));
     train_output_ = r.output;
     if (r.exit_code != 0) setup_error_ = r.output;
   }
@@ -124,8 +125,8 @@ TEST_F(FerReport, TrainerWritesTheReportAtTheEndOfTraining) {
 
 TEST_F(FerReport, PlotsExistAreNotBlankAndReportMdReferencesThem) {
   const fs::path out = path("report_copy");
-  const auto r = run_command(tool("fer-report") + " " + quote(path("run")) + " --out " +
-                             quote(out));
+  const auto r =
+      run_command(tool("fer-report") + " " + quote(path("run")) + " --out " + quote(out));
   ASSERT_EQ(r.exit_code, 0) << r.output;
   const std::string md = read_file(out / report::kReportMarkdown);
   for (const char* plot : kPlots) {
