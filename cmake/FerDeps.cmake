@@ -7,6 +7,7 @@ find_package(CLI11 REQUIRED)
 find_package(HDF5 REQUIRED COMPONENTS C)
 find_package(FerOpenCV REQUIRED)
 find_package(MPI REQUIRED COMPONENTS C)
+find_package(OpenSSL REQUIRED COMPONENTS Crypto)  # SHA-256 of shards (SHA-NI accelerated)
 
 # yaml-cpp 0.7 in Debian exports the plain target name.
 if(TARGET yaml-cpp::yaml-cpp)

@@ -12,6 +12,7 @@ packages=(
   libopenblas0-openmp                 # fast BLAS for LibTorch (the default reference BLAS is ~20x slower)
   libopenmpi-dev openmpi-bin          # MPI communicator and launcher
   libhdf5-dev                         # dataset shards
+  libssl-dev                          # SHA-256 of shards (libcrypto)
   libopencv-core-dev libopencv-imgproc-dev libopencv-imgcodecs-dev libopencv-objdetect-dev
   opencv-data                         # Haar cascades for fer-predict
   libspdlog-dev libfmt-dev libyaml-cpp-dev libcli11-dev nlohmann-json3-dev
