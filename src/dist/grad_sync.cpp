@@ -11,7 +11,10 @@ namespace fer {
 
 GradSync::GradSync(std::vector<at::Tensor> params, Communicator& comm,
                    const GradSyncOptions& options)
-    : params_(std::move(params)), comm_(comm), options_(options) {
+    : params_(std::move(params)),
+      comm_(comm),
+      options_(options),
+      scale_(1.0 / static_cast<double>(comm.size())) {
   FER_CHECK(options.bucket_mb > 0 && options.first_bucket_mb > 0, ConfigError,
             "dist.bucket_mb must be > 0");
   bucket_of_.resize(params_.size());
@@ -75,58 +78,69 @@ void GradSync::on_gradient(std::size_t k, const at::Tensor& grad) {
   filled_[k] = true;
   Bucket& b = buckets_[bucket_of_[k]];
   const Slot& slot = b.slots[slot_of_[k]];
-  b.buffer.narrow(0, slot.offset, slot.numel).copy_(grad.reshape({-1}));
+  at::Tensor dest = b.buffer.narrow(0, slot.offset, slot.numel);
+  // Pre-scaled by 1/world on the way in, then summed: the average without a pass after the
+  // all-reduce (exact for power-of-two worlds; the same on every rank and for overlap on/off).
+  at::mul_out(dest, grad.reshape({-1}), scale_);
   ++b.ready;
-  issue_ready_buckets();
+  if (!deferring_) issue_ready_buckets();
 }
 
 void GradSync::issue_ready_buckets() {
   while (next_to_issue_ < buckets_.size() &&
          buckets_[next_to_issue_].ready == buckets_[next_to_issue_].slots.size()) {
     Bucket& b = buckets_[next_to_issue_];
-    b.work = comm_.allreduce_async(b.buffer, ReduceOp::kAvg);
+    b.work = comm_.allreduce_async(b.buffer, ReduceOp::kSum);
     ++next_to_issue_;
   }
 }
 
 void GradSync::finish(std::int64_t step) {
+  const auto fill_start = std::chrono::steady_clock::now();
   if (!options_.overlap) {
+    // Fill every bucket first, then issue them all: the copies do not compete with the
+    // communication thread for the cores.
+    deferring_ = true;
     for (std::size_t k = 0; k < params_.size(); ++k) {
       const at::Tensor& g = params_[k].grad();
       on_gradient(k, g.defined() ? g : torch::zeros_like(params_[k]));
     }
+    deferring_ = false;
   } else {
     // A parameter backward did not reach: contributes zeros, the same on every rank.
     for (std::size_t k = 0; k < params_.size(); ++k) {
       if (!filled_[k]) on_gradient(k, torch::zeros_like(params_[k]));
     }
   }
+  const auto start = std::chrono::steady_clock::now();
+  last_fill_seconds_ = std::chrono::duration<double>(start - fill_start).count();
+  issue_ready_buckets();
   FER_CHECK(next_to_issue_ == buckets_.size(), CommError, "GradSync: bucket ", next_to_issue_,
             " was never completed");
-  const auto start = std::chrono::steady_clock::now();
-  for (std::size_t i = 0; i < buckets_.size(); ++i) {
-    Bucket& b = buckets_[i];
-    if (!b.work->wait_for(options_.timeout_s)) {
-      abort_job(static_cast<int>(ExitCode::kComm),
-                "gradient all-reduce timed out after " + std::to_string(options_.timeout_s) +
-                    " s at step " + std::to_string(step) + ", bucket " + std::to_string(i) + "/" +
-                    std::to_string(buckets_.size()) + ": " + b.work->describe() +
-                    " (another rank died or hangs)");
-    }
-    b.work->wait();  // rethrows a failure
+  // The communicator completes work in issue order (one thread, or one stream for NCCL): waiting
+  // for the last bucket waits for all of them with one wake-up instead of one per bucket (on
+  // fully subscribed cores each wake-up can preempt a peer's communication thread).
+  if (!buckets_.back().work->wait_for(options_.timeout_s)) {
+    std::size_t i = 0;
+    while (i + 1 < buckets_.size() && buckets_[i].work->wait_for(0.0)) ++i;
+    abort_job(static_cast<int>(ExitCode::kComm),
+              "gradient all-reduce timed out after " + std::to_string(options_.timeout_s) +
+                  " s at step " + std::to_string(step) + ", bucket " + std::to_string(i) + "/" +
+                  std::to_string(buckets_.size()) + ": " + buckets_[i].work->describe() +
+                  " (another rank died or hangs)");
+  }
+  for (auto& b : buckets_) {
+    b.work->wait();  // returns at once; rethrows a failure
     b.work.reset();
   }
   last_wait_seconds_ =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  // The averaged gradients become views of the bucket buffers (no copy back). The next step's
+  // zero_grad(set_to_none) drops them before backward refills the buffers.
   for (auto& b : buckets_) {
     for (const Slot& slot : b.slots) {
       at::Tensor& p = params_[slot.param];
-      const at::Tensor avg = b.buffer.narrow(0, slot.offset, slot.numel).view_as(p);
-      if (p.mutable_grad().defined()) {
-        p.mutable_grad().copy_(avg);
-      } else {
-        p.mutable_grad() = avg.clone();
-      }
+      p.mutable_grad() = b.buffer.narrow(0, slot.offset, slot.numel).view_as(p);
     }
   }
   reset_step();

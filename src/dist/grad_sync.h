@@ -7,11 +7,15 @@
 // bucket's flat buffer; when a bucket is complete and every earlier bucket has been issued, its
 // all-reduce (average) is issued asynchronously while backward goes on. Buckets are therefore
 // issued in bucket order on every rank. finish() waits for all of them (aborting the job when one
-// exceeds timeout_s, naming step, bucket and op) and writes the averages back into param.grad().
+// exceeds timeout_s, naming step, bucket and op) and points each param.grad() at its average in
+// the bucket buffer (a view: nothing is copied back). Gradients are scaled by 1/world as they are
+// copied in and then summed, so the average needs no extra pass.
 // With overlap off every bucket is filled and issued after backward, from the same buffers in the
 // same order: the results are bit-identical.
 //
 // Contract per step: optimizer.zero_grad(set_to_none) -> forward -> backward -> finish(step).
+// (set_to_none matters: after finish() the gradients alias the buckets, which the next backward
+// overwrites.)
 // Every parameter must receive exactly one gradient per backward (true for ResNet9). Threading:
 // hooks run on the thread that runs backward; call finish() from that thread.
 #pragma once
@@ -51,6 +55,9 @@ class GradSync {
   std::vector<std::int64_t> bucket_numels() const;
   // Seconds finish() spent waiting for communication in the last step (the exposed part).
   double last_wait_seconds() const { return last_wait_seconds_; }
+  // Seconds finish() spent copying gradients into the buckets in the last step (all of them with
+  // overlap off; only those backward did not reach with overlap on: hooks copy the rest).
+  double last_fill_seconds() const { return last_fill_seconds_; }
 
  private:
   struct Slot {
@@ -79,6 +86,9 @@ class GradSync {
   std::size_t next_to_issue_ = 0;
   std::vector<unsigned> hook_ids_;
   double last_wait_seconds_ = 0.0;
+  double last_fill_seconds_ = 0.0;
+  double scale_;            // 1 / world size: gradients are pre-scaled, then summed
+  bool deferring_ = false;  // finish() with overlap off: fill every bucket before issuing
 };
 
 }  // namespace fer
