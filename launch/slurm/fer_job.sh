@@ -68,7 +68,9 @@ cmd+=("$bin" --config "$config" --data "$data" --out "$run_dir" --resume auto
 cmd+=("$@")
 
 child=0
+signalled=0
 forward() {
+  signalled=1
   say "got SIG$1: asking the ranks to checkpoint and stop"
   ((child > 0)) && kill -s "$1" "$child" 2>/dev/null
 }
@@ -86,9 +88,16 @@ wait "$child"
 rc=$?
 child=0
 
+# A rank signalled before it had installed its handlers (still starting up) dies of the signal
+# instead of exiting 75; the newest checkpoint is still there, so that is a preemption too.
+if ((rc != 0 && rc != kExitPreempted && signalled)); then
+  say "fer-dist-train exited with $rc after the signal (a rank still starting up?): treated as" \
+      "preempted"
+  rc=$kExitPreempted
+fi
 if ((rc == kExitPreempted)); then
   if [[ "${FER_NO_REQUEUE:-0}" != 1 && -n "${SLURM_JOB_ID:-}" ]]; then
-    say "preempted: checkpoint written; requeueing job $job (it resumes with --resume auto)"
+    say "preempted: requeueing job $job (it resumes from the newest checkpoint, --resume auto)"
     trap - USR1 TERM
     # The requeue ends this script (Slurm kills it); the job goes back to pending and runs this
     # script again with the same arguments.
