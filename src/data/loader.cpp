@@ -1,10 +1,12 @@
 #include "data/loader.h"
 
 #include <spdlog/spdlog.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <condition_variable>
 #include <deque>
 #include <exception>
@@ -426,6 +428,17 @@ void TrainLoader::Impl::io_main() {
 void TrainLoader::Impl::load_memory() {
   const auto begin = std::chrono::steady_clock::now();
   const SplitInfo& split = manifest_.split(kTrainSplit);
+  // The manifest bounds count * image_bytes (no overflow); refuse what this machine cannot hold
+  // before allocating, rather than dying of an out-of-memory kill half-way.
+  const double need = static_cast<double>(split.count) * static_cast<double>(image_bytes_);
+  const double have = static_cast<double>(::sysconf(_SC_PHYS_PAGES)) *
+                      static_cast<double>(::sysconf(_SC_PAGESIZE));
+  if (have > 0 && need > have) {
+    throw DataError("the train split needs " + std::to_string(std::llround(need / (1 << 20))) +
+                        " MiB in memory, more than this machine has (" +
+                        std::to_string(std::llround(have / (1 << 20))) + " MiB)",
+                    "use data.loader=stream for datasets larger than RAM");
+  }
   images_.resize(static_cast<std::size_t>(split.count * image_bytes_));
   labels_.resize(static_cast<std::size_t>(split.count));
   std::int64_t at = 0;

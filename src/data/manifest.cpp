@@ -3,8 +3,10 @@
 #include <nlohmann/json.hpp>
 
 #include <cmath>
+#include <limits>
 #include <numeric>
 #include <set>
+#include <type_traits>
 
 #include "common/errors.h"
 #include "common/fs_util.h"
@@ -14,13 +16,36 @@ namespace {
 
 using nlohmann::json;
 
-// Limits that keep a hostile manifest from driving huge allocations.
+// Limits that keep a hostile manifest from driving huge allocations: every count and size is
+// checked against them before anything is sized from it (and before sums that could overflow).
 constexpr int kMaxSide = 4096;
 constexpr std::int64_t kMaxImages = std::int64_t{1} << 32;
-constexpr std::size_t kMaxClasses = 256;  // labels are uint8
+constexpr std::int64_t kMaxSplitBytes = std::int64_t{1} << 42;  // 4 TiB of pixels per split
+constexpr std::size_t kMaxShards = 1 << 20;                     // per split
+constexpr std::size_t kMaxClasses = 256;                        // labels are uint8
+constexpr std::size_t kMaxNameBytes = 4096;                     // class and shard names
 
 json shard_to_json(const ShardInfo& s) {
   return json{{"file", s.file}, {"count", s.count}, {"bytes", s.bytes}, {"checksum", s.checksum}};
+}
+
+template <typename T>
+struct IsVector : std::false_type {};
+template <typename T>
+struct IsVector<std::vector<T>> : std::true_type {};
+template <typename T>
+constexpr bool is_vector_v = IsVector<T>::value;
+
+// True when `value` is a JSON integer within T's range.
+template <typename T>
+bool is_integer_in_range(const json& value) {
+  const bool fits =
+      (value.is_number_unsigned() &&
+       value.get<std::uint64_t>() <= static_cast<std::uint64_t>(std::numeric_limits<T>::max())) ||
+      (value.is_number_integer() && !value.is_number_unsigned() &&
+       value.get<std::int64_t>() >= static_cast<std::int64_t>(std::numeric_limits<T>::min()) &&
+       value.get<std::int64_t>() <= static_cast<std::int64_t>(std::numeric_limits<T>::max()));
+  return fits;
 }
 
 // Typed access with an error that names the key path.
@@ -29,11 +54,28 @@ T get(const json& j, const std::string& key, const std::string& path, const std:
   if (!j.is_object() || !j.contains(key)) {
     throw DataError(source + ": missing \"" + path + key + "\"");
   }
+  const json& value = j.at(key);
+  const auto wrong_type = [&] {
+    return DataError(source + ": \"" + path + key + "\" has the wrong type or range (" +
+                     value.dump(-1, ' ', false, json::error_handler_t::replace).substr(0, 60) +
+                     ")");
+  };
+  // nlohmann converts a float to an integer with a plain cast, which is undefined behaviour
+  // for out-of-range values (1e300): integers must be JSON integers that fit.
+  if constexpr (std::is_integral_v<T>) {
+    if (!is_integer_in_range<T>(value)) throw wrong_type();
+  } else if constexpr (is_vector_v<T>) {
+    if constexpr (std::is_integral_v<typename T::value_type>) {
+      if (!value.is_array()) throw wrong_type();
+      for (const auto& item : value) {
+        if (!is_integer_in_range<typename T::value_type>(item)) throw wrong_type();
+      }
+    }
+  }
   try {
-    return j.at(key).get<T>();
+    return value.get<T>();
   } catch (const json::exception&) {
-    throw DataError(source + ": \"" + path + key + "\" has the wrong type (" +
-                    j.at(key).dump().substr(0, 60) + ")");
+    throw wrong_type();
   }
 }
 
@@ -97,6 +139,12 @@ Manifest parse_manifest(const std::string& text, const std::string& source) {
     throw DataError(source + ": \"classes\" must list 1.." + std::to_string(kMaxClasses) +
                     " names");
   }
+  for (const auto& name : m.classes) {
+    if (name.empty() || name.size() > kMaxNameBytes) {
+      throw DataError(source + ": class names must have 1.." + std::to_string(kMaxNameBytes) +
+                      " bytes");
+    }
+  }
   if (std::set<std::string>(m.classes.begin(), m.classes.end()).size() != m.classes.size()) {
     throw DataError(source + ": \"classes\" has duplicate names");
   }
@@ -133,19 +181,25 @@ Manifest parse_manifest(const std::string& text, const std::string& source) {
     SplitInfo s;
     s.count = get<std::int64_t>(js, "count", path, source);
     s.class_counts = get<std::vector<std::int64_t>>(js, "class_counts", path, source);
-    if (s.count < 0 || s.count > kMaxImages) {
-      throw DataError(source + ": \"" + path + "count\" is out of range");
+    if (s.count < 0 || s.count > kMaxImages || s.count > kMaxSplitBytes / m.image_bytes()) {
+      throw DataError(source + ": \"" + path + "count\" " + std::to_string(s.count) +
+                      " is out of range (at most " + std::to_string(kMaxImages) + " images and " +
+                      std::to_string(kMaxSplitBytes >> 30) + " GiB of pixels per split)");
     }
+    // Each class count is bounded first, so the sum below cannot overflow.
     if (s.class_counts.size() != m.classes.size() ||
-        std::accumulate(s.class_counts.begin(), s.class_counts.end(), std::int64_t{0}) !=
-            s.count ||
         std::any_of(s.class_counts.begin(), s.class_counts.end(),
-                    [](std::int64_t c) { return c < 0; })) {
+                    [](std::int64_t c) { return c < 0 || c > kMaxImages; }) ||
+        std::accumulate(s.class_counts.begin(), s.class_counts.end(), std::int64_t{0}) != s.count) {
       throw DataError(source + ": \"" + path + "class_counts\" must have one count per class " +
                       "adding up to the split count");
     }
     if (!js.contains("shards") || !js["shards"].is_array()) {
       throw DataError(source + ": missing \"" + path + "shards\"");
+    }
+    if (js["shards"].size() > kMaxShards) {
+      throw DataError(source + ": split '" + name + "' lists more than " +
+                      std::to_string(kMaxShards) + " shards");
     }
     std::int64_t total = 0;
     for (const auto& jshard : js["shards"]) {
@@ -154,7 +208,7 @@ Manifest parse_manifest(const std::string& text, const std::string& source) {
       shard.count = get<std::int64_t>(jshard, "count", path + "shards[].", source);
       shard.bytes = get<std::int64_t>(jshard, "bytes", path + "shards[].", source);
       shard.checksum = get<std::string>(jshard, "checksum", path + "shards[].", source);
-      if (!is_plain_file_name(shard.file)) {
+      if (shard.file.size() > kMaxNameBytes || !is_plain_file_name(shard.file)) {
         throw DataError(source + ": shard name \"" + shard.file +
                             "\" is not a plain file name inside the dataset folder",
                         "shard names may not contain '/', '\\' or '..'");
@@ -174,13 +228,20 @@ Manifest parse_manifest(const std::string& text, const std::string& source) {
     }
     m.splits.emplace(name, std::move(s));
   }
-  if (j.contains("source") && j["source"].is_object()) {
-    m.source_kind = j["source"].value("kind", "");
-    m.source_path = j["source"].value("path", "");
+  // Informational fields: read when present, with the same type checks.
+  const json& src = j.contains("source") ? j["source"] : json();
+  if (src.is_object()) {
+    if (src.contains("kind")) m.source_kind = get<std::string>(src, "kind", "source.", source);
+    if (src.contains("path")) m.source_path = get<std::string>(src, "path", "source.", source);
   }
-  if (j.contains("packer") && j["packer"].is_object()) {
-    m.packer_version = j["packer"].value("version", "");
-    m.packer_args = j["packer"].value("args", std::vector<std::string>{});
+  const json& packer = j.contains("packer") ? j["packer"] : json();
+  if (packer.is_object()) {
+    if (packer.contains("version")) {
+      m.packer_version = get<std::string>(packer, "version", "packer.", source);
+    }
+    if (packer.contains("args")) {
+      m.packer_args = get<std::vector<std::string>>(packer, "args", "packer.", source);
+    }
   }
   return m;
 }

@@ -15,7 +15,9 @@ namespace {
 constexpr const char* kImages = "images";
 constexpr const char* kLabels = "labels";
 constexpr const char* kIds = "ids";
-constexpr hsize_t kMaxVectorChunk = 4096;  // labels/ids per chunk, at most
+constexpr hsize_t kMaxVectorChunk = 4096;                        // labels/ids per chunk, at most
+constexpr std::int64_t kMaxShardImages = std::int64_t{1} << 32;  // the manifest's split limit
+constexpr hsize_t kMaxReadChunkImages = 4096;  // chunk_images() reported to readers, at most
 
 // Object-creation property list that records no timestamps, so equal inputs give equal bytes.
 h5::PropList untimed(hid_t cls) {
@@ -271,6 +273,31 @@ ShardReader::ShardReader(const std::filesystem::path& path, const ShardExpectati
                     "the file is corrupt or truncated: run `fer-pack verify` and re-pack");
   }
   impl_->file = h5::File(file);
+  validate(expect);
+}
+
+ShardReader::ShardReader(const std::string& name, const void* image, std::size_t size,
+                         const ShardExpectation& expect)
+    : impl_(std::make_unique<Impl>()), path_(name), num_classes_(expect.num_classes) {
+  h5::silence_errors();
+  // The core driver serves the file from memory; HDF5 copies the image, and nothing touches disk.
+  h5::PropList fapl(FER_H5_CHECK(H5Pcreate(H5P_FILE_ACCESS), IoError, "HDF5"));
+  FER_H5_CHECK(H5Pset_fapl_core(fapl.get(), 1 << 16, /*backing_store=*/false), IoError, "HDF5");
+  if (size > 0) {
+    FER_H5_CHECK(H5Pset_file_image(fapl.get(), const_cast<void*>(image), size), IoError, "HDF5");
+  }
+  const hid_t file = H5Fopen(name.c_str(), H5F_ACC_RDONLY, fapl.get());
+  if (file < 0) {
+    throw DataError("shard " + name + " is not a readable HDF5 image (" + h5::last_error_message() +
+                    ")");
+  }
+  impl_->file = h5::File(file);
+  validate(expect);
+}
+
+void ShardReader::validate(const ShardExpectation& expect) {
+  const hid_t file = impl_->file.get();
+  const std::string name = path_.string();
   const auto format = read_string_attr(file, "format", name);
   if (format != kDatasetFormat) {
     throw DataError(name + ": format attribute is '" + format + "', expected '" +
@@ -305,6 +332,10 @@ ShardReader::ShardReader(const std::filesystem::path& path, const ShardExpectati
                     std::to_string(want.height) + "x" + std::to_string(want.width) + "x" +
                     std::to_string(want.channels));
   }
+  if (d[0] > hsize_t(kMaxShardImages)) {
+    throw DataError(name + ": /images claims " + std::to_string(d[0]) + " images, more than " +
+                    std::to_string(kMaxShardImages) + " a shard may hold");
+  }
   count_ = static_cast<std::int64_t>(d[0]);
   if (label_dims.size() != 1 || id_dims.size() != 1 || label_dims[0] != d[0] ||
       id_dims[0] != d[0]) {
@@ -316,9 +347,10 @@ ShardReader::ShardReader(const std::filesystem::path& path, const ShardExpectati
   }
   h5::PropList dcpl(FER_H5_CHECK(H5Dget_create_plist(impl_->images.get()), DataError, name));
   std::vector<hsize_t> chunk(4, 0);
-  if (H5Pget_layout(dcpl.get()) == H5D_CHUNKED &&
-      H5Pget_chunk(dcpl.get(), 4, chunk.data()) == 4 && chunk[0] > 0) {
-    chunk_images_ = static_cast<std::int64_t>(chunk[0]);
+  if (H5Pget_layout(dcpl.get()) == H5D_CHUNKED && H5Pget_chunk(dcpl.get(), 4, chunk.data()) == 4 &&
+      chunk[0] > 0) {
+    // Only a read-alignment hint: capped so a hostile chunk size cannot size huge read blocks.
+    chunk_images_ = static_cast<std::int64_t>(std::min<hsize_t>(chunk[0], kMaxReadChunkImages));
   } else {
     chunk_images_ = std::max<std::int64_t>(1, count_);
   }

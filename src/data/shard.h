@@ -69,6 +69,10 @@ class ShardReader {
   // Opens and validates format, version, attributes and shapes against `expect`. Throws DataError
   // naming the file and the mismatch (IoError when the file cannot be opened at all).
   ShardReader(const std::filesystem::path& path, const ShardExpectation& expect);
+  // The same for a shard held in memory (an HDF5 file image of `size` bytes, copied); `name`
+  // stands for the file in errors. For tests and fuzzing. Throws DataError.
+  ShardReader(const std::string& name, const void* image, std::size_t size,
+              const ShardExpectation& expect);
   ~ShardReader();
   ShardReader(ShardReader&&) noexcept;
   ShardReader& operator=(ShardReader&&) noexcept;
@@ -86,6 +90,8 @@ class ShardReader {
 
  private:
   struct Impl;
+  // Checks attributes and shapes of the open file against `expect` (limits first).
+  void validate(const ShardExpectation& expect);
   std::unique_ptr<Impl> impl_;
   std::filesystem::path path_;
   std::int64_t count_ = 0;

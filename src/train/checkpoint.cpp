@@ -6,6 +6,8 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cmath>
+#include <limits>
 #include <sstream>
 
 #include "common/errors.h"
@@ -34,6 +36,74 @@ torch::serialize::InputArchive open_archive(const fs::path& path) {
                           "fer-dist checkpoint): " + e.what_without_backtrace());
   }
   return archive;
+}
+
+// Limits on what a checkpoint may ask for: a hostile or corrupt one must not build a huge model.
+constexpr int kMaxSide = 4096;
+constexpr int kMaxClasses = 256;
+constexpr double kMaxWidth = 16.0;
+constexpr std::size_t kMaxReportedMismatches = 5;
+
+// A JSON integer that fits T, or CheckpointError naming the key. (nlohmann's own conversion casts
+// floats to integers, undefined behaviour for out-of-range values.)
+template <typename T>
+T integer_at(const nlohmann::json& j, const char* key, const std::string& source) {
+  const auto& v = j.at(key);
+  const bool fits =
+      (v.is_number_unsigned() &&
+       v.get<std::uint64_t>() <= static_cast<std::uint64_t>(std::numeric_limits<T>::max())) ||
+      (v.is_number_integer() && !v.is_number_unsigned() &&
+       v.get<std::int64_t>() >= static_cast<std::int64_t>(std::numeric_limits<T>::min()) &&
+       v.get<std::int64_t>() <= static_cast<std::int64_t>(std::numeric_limits<T>::max()));
+  if (!fits)
+    throw CheckpointError(source + ": checkpoint metadata \"" + key + "\" is not a valid integer");
+  return static_cast<T>(v.get<std::int64_t>());
+}
+
+std::string shape_text(const at::IntArrayRef& sizes) {
+  std::string text = "[";
+  for (std::size_t i = 0; i < sizes.size(); ++i) text += (i ? "," : "") + std::to_string(sizes[i]);
+  return text + "]";
+}
+
+// Compares every parameter and buffer of `module` (recursively) with the archive, without
+// loading anything: a missing entry, another shape or another dtype is reported by its dotted
+// name. LibTorch's own Module::load would silently resize a parameter to the archive's shape.
+void check_module_entries(const torch::nn::Module& module, torch::serialize::InputArchive& archive,
+                          const std::string& prefix, std::vector<std::string>* problems) {
+  const auto check = [&](const std::string& key, const torch::Tensor& want, bool is_buffer) {
+    torch::Tensor got;
+    bool found = false;
+    try {
+      found = archive.try_read(key, got, is_buffer);
+    } catch (const c10::Error&) {
+      found = false;
+    }
+    if (!found || !got.defined()) {
+      problems->push_back(prefix + key + " is missing");
+    } else if (got.sizes() != want.sizes() || got.scalar_type() != want.scalar_type()) {
+      problems->push_back(prefix + key + " is " + std::string(c10::toString(got.scalar_type())) +
+                          shape_text(got.sizes()) + ", the model has " +
+                          std::string(c10::toString(want.scalar_type())) +
+                          shape_text(want.sizes()));
+    }
+  };
+  for (const auto& p : module.named_parameters(/*recurse=*/false)) check(p.key(), p.value(), false);
+  for (const auto& b : module.named_buffers(/*recurse=*/false)) check(b.key(), b.value(), true);
+  for (const auto& child : module.named_children()) {
+    torch::serialize::InputArchive child_archive;
+    bool found = false;
+    try {
+      found = archive.try_read(child.key(), child_archive);
+    } catch (const c10::Error&) {
+      found = false;
+    }
+    if (!found) {
+      problems->push_back(prefix + child.key() + " (module) is missing");
+      continue;
+    }
+    check_module_entries(*child.value(), child_archive, prefix + child.key() + ".", problems);
+  }
 }
 
 CheckpointMeta read_meta(torch::serialize::InputArchive& archive, const fs::path& path) {
@@ -81,41 +151,57 @@ CheckpointMeta CheckpointMeta::from_json(const std::string& text, const std::str
     if (j.value("format", "") != "fer-checkpoint") {
       throw CheckpointError(source + " is not a fer-dist checkpoint");
     }
-    if (j.at("version").get<int>() != kCheckpointVersion) {
-      throw CheckpointError(source + ": checkpoint version " +
-                            std::to_string(j.at("version").get<int>()) + " is not supported");
+    const auto version = integer_at<int>(j, "version", source);
+    if (version != kCheckpointVersion) {
+      throw CheckpointError(source + ": checkpoint version " + std::to_string(version) +
+                            " is not supported (this build reads " +
+                            std::to_string(kCheckpointVersion) + ")");
     }
     CheckpointMeta m;
-    m.step = j.at("step");
-    m.epoch = j.at("epoch");
-    m.step_in_epoch = j.at("step_in_epoch");
+    m.step = integer_at<std::int64_t>(j, "step", source);
+    m.epoch = integer_at<std::int64_t>(j, "epoch", source);
+    m.step_in_epoch = integer_at<std::int64_t>(j, "step_in_epoch", source);
     m.classes = j.at("classes").get<std::vector<std::string>>();
     m.mean = j.at("normalization").at("mean").get<std::vector<double>>();
     m.std = j.at("normalization").at("std").get<std::vector<double>>();
-    m.height = j.at("image").at("height");
-    m.width = j.at("image").at("width");
-    m.channels = j.at("image").at("channels");
-    m.model.in_channels = j.at("model").at("in_channels");
-    m.model.num_classes = j.at("model").at("num_classes");
+    m.height = integer_at<int>(j.at("image"), "height", source);
+    m.width = integer_at<int>(j.at("image"), "width", source);
+    m.channels = integer_at<int>(j.at("image"), "channels", source);
+    m.model.in_channels = integer_at<int>(j.at("model"), "in_channels", source);
+    m.model.num_classes = integer_at<int>(j.at("model"), "num_classes", source);
     m.model.width = j.at("model").at("width");
     m.model.dropout = j.at("model").at("dropout");
     m.optimizer = j.at("optimizer");
     m.config_yaml = j.at("config_yaml");
     m.config_hash = j.at("config_hash");
     m.best_val_accuracy = j.at("best_val_accuracy");
-    m.best_step = j.at("best_step");
-    m.world_size = j.at("world_size");
+    m.best_step = integer_at<std::int64_t>(j, "best_step", source);
+    m.world_size = integer_at<int>(j, "world_size", source);
     if (j.contains("partial_epoch")) {  // absent in checkpoints of earlier builds
       const auto& p = j.at("partial_epoch");
       m.epoch_loss_sum = p.at("loss_sum");
-      m.epoch_loss_steps = p.at("loss_steps");
-      m.epoch_correct = p.at("correct");
-      m.epoch_seen = p.at("seen");
+      m.epoch_loss_steps = integer_at<std::int64_t>(p, "loss_steps", source);
+      m.epoch_correct = integer_at<std::int64_t>(p, "correct", source);
+      m.epoch_seen = integer_at<std::int64_t>(p, "seen", source);
+    }
+    if (m.model.num_classes < 1 || m.model.num_classes > kMaxClasses ||
+        (m.channels != 1 && m.channels != 3) || m.height < 1 || m.height > kMaxSide ||
+        m.width < 1 || m.width > kMaxSide || !std::isfinite(m.model.width) ||
+        !(m.model.width > 0.0) || m.model.width > kMaxWidth || !std::isfinite(m.model.dropout) ||
+        m.model.dropout < 0.0 || m.model.dropout >= 1.0 || m.step < 0 || m.epoch < 0 ||
+        m.step_in_epoch < 0 || m.world_size < 1) {
+      throw CheckpointError(source + ": checkpoint metadata out of range (model " +
+                            std::to_string(m.model.in_channels) + " channel(s), " +
+                            std::to_string(m.model.num_classes) + " classes, width " +
+                            std::to_string(m.model.width) + "; image " + std::to_string(m.height) +
+                            "x" + std::to_string(m.width) + "x" + std::to_string(m.channels) + ")");
     }
     if (m.classes.size() != static_cast<std::size_t>(m.model.num_classes) ||
         m.mean.size() != static_cast<std::size_t>(m.channels) || m.std.size() != m.mean.size() ||
-        m.model.in_channels != m.channels || m.height < 1 || m.width < 1) {
-      throw CheckpointError(source + ": inconsistent checkpoint metadata");
+        m.model.in_channels != m.channels) {
+      throw CheckpointError(source +
+                            ": inconsistent checkpoint metadata (classes, channels and "
+                            "normalization do not agree)");
     }
     return m;
   } catch (const nlohmann::json::exception& e) {
@@ -176,7 +262,24 @@ void load_checkpoint_into(const fs::path& path, ResNet9& model, torch::optim::Op
   }
   try {
     torch::serialize::InputArchive model_archive;
-    archive.read(kModelKey, model_archive);
+    if (!archive.try_read(kModelKey, model_archive)) {
+      throw CheckpointError(path.string() + " holds no model weights");
+    }
+    // Validate every name, shape and dtype before touching the model.
+    std::vector<std::string> problems;
+    check_module_entries(*model, model_archive, "", &problems);
+    if (!problems.empty()) {
+      std::string list;
+      for (std::size_t i = 0; i < std::min(problems.size(), kMaxReportedMismatches); ++i) {
+        list += (i ? "; " : "") + problems[i];
+      }
+      if (problems.size() > kMaxReportedMismatches) {
+        list += "; and " + std::to_string(problems.size() - kMaxReportedMismatches) + " more";
+      }
+      throw CheckpointError(path.string() + " does not fit the model its metadata describes (" +
+                                std::to_string(problems.size()) + " mismatch(es): " + list + ")",
+                            "the file is corrupt or was not written by this fer-dist version");
+    }
     torch::NoGradGuard no_grad;
     model->load(model_archive);
     if (optimizer) {

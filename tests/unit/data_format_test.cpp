@@ -4,11 +4,13 @@
 
 #include <filesystem>
 #include <fstream>
+#include <limits>
 
 #include "common/errors.h"
 #include "common/fs_util.h"
 #include "data/checksum.h"
 #include "data/dataset.h"
+#include "data/hdf5_util.h"
 #include "data/manifest.h"
 #include "data/shard.h"
 
@@ -200,6 +202,101 @@ TEST(Manifest, RejectsWrongVersionFormatCountsAndNormalization) {
             std::string::npos);
   EXPECT_NE(manifest_error("{nope").find("not valid JSON"), std::string::npos);
   EXPECT_THROW(load_manifest("/nonexistent/dataset"), DataError);
+}
+
+TEST(Manifest, RefusesHugeCountsAndShapesBeforeSizingAnything) {
+  std::string json = manifest_to_json(small_manifest());
+  auto replaced = [&](const std::string& from, const std::string& to) {
+    std::string j = json;
+    j.replace(j.find(from), from.size(), to);
+    return j;
+  };
+  // 10^12 images, and a count within the image limit whose pixels would not fit the byte limit.
+  EXPECT_NE(manifest_error(replaced("\"count\": 3,", "\"count\": 1000000000000,"))
+                .find("out of range"),
+            std::string::npos);
+  std::string big = replaced("\"height\": 8", "\"height\": 4096");
+  big.replace(big.find("\"width\": 8"), 11, "\"width\": 4096");
+  big.replace(big.find("\"count\": 3,"), 11, "\"count\": 4000000000,");
+  EXPECT_NE(manifest_error(big).find("GiB of pixels"), std::string::npos) << manifest_error(big);
+  EXPECT_NE(manifest_error(replaced("\"width\": 8", "\"width\": 1000000")).find("out of range"),
+            std::string::npos);
+  // Class counts whose sum would overflow int64 are refused, not summed.
+  Manifest overflow = small_manifest();
+  overflow.splits["train"].class_counts = {std::numeric_limits<std::int64_t>::max(), 4};
+  EXPECT_NE(manifest_error(manifest_to_json(overflow)).find("class_counts"), std::string::npos);
+  // Integers given as huge floats or beyond the type's range are type errors, not casts.
+  EXPECT_NE(manifest_error(replaced("\"height\": 8", "\"height\": 1e300")).find("wrong type"),
+            std::string::npos);
+  EXPECT_NE(manifest_error(replaced("\"height\": 8", "\"height\": 4294967304")).find("wrong type"),
+            std::string::npos);
+  EXPECT_NE(manifest_error(replaced("\"count\": 3,", "\"count\": 18446744073709551615,"))
+                .find("wrong type"),
+            std::string::npos);
+  // Informational fields of the wrong type are DataErrors too.
+  EXPECT_NE(manifest_error(replaced("\"kind\": \"csv\"", "\"kind\": 5")).find("source.kind"),
+            std::string::npos);
+}
+
+TEST(Shard, ReadsAnInMemoryImageLikeTheFile) {
+  const auto dir = fresh_dir("image");
+  {
+    ShardWriter writer(dir / "s.h5", layout("train", 0, 1, 8, 1), 0, 16);
+    for (int i = 0; i < 20; ++i) writer.append(image_of(i, 64).data(), i % 3, "id");
+    writer.close();
+  }
+  const std::string bytes = read_file(dir / "s.h5");
+  const ShardExpectation expect{layout("train", 0, 1, 8, 1), 20, 3};
+  ShardReader reader("mem.h5", bytes.data(), bytes.size(), expect);
+  ASSERT_EQ(reader.count(), 20);
+  std::vector<std::uint8_t> images(20 * 64), labels(20);
+  reader.read_images(0, 20, images.data());
+  reader.read_labels(0, 20, labels.data());
+  EXPECT_EQ(std::vector<std::uint8_t>(images.begin() + 64 * 7, images.begin() + 64 * 8),
+            image_of(7, 64));
+  EXPECT_EQ(labels[5], 2);
+  // Truncated images are DataErrors naming the shard, at every cut.
+  for (std::size_t cut : {std::size_t{0}, std::size_t{100}, bytes.size() / 2, bytes.size() - 1}) {
+    try {
+      ShardReader bad("cut.h5", bytes.data(), cut, expect);
+      std::vector<std::uint8_t> out(20 * 64);
+      bad.read_images(0, 20, out.data());
+      bad.read_labels(0, 20, labels.data());
+      ADD_FAILURE() << "no error at cut " << cut;
+    } catch (const DataError& e) {
+      EXPECT_NE(std::string(e.what()).find("cut.h5"), std::string::npos) << e.what();
+    }
+  }
+  fs::remove_all(dir);
+}
+
+TEST(Shard, RefusesAShardClaimingMoreImagesThanTheLimit) {
+  const auto dir = fresh_dir("huge");
+  {
+    ShardWriter writer(dir / "s.h5", layout("train", 0, 1, 8, 1), 0, 16);
+    for (int i = 0; i < 4; ++i) writer.append(image_of(i, 64).data(), 0, "id");
+    writer.close();
+  }
+  {  // Grow the (chunked, never written) datasets to 10^12 rows: nothing is allocated on disk.
+    h5::silence_errors();
+    h5::File file(H5Fopen((dir / "s.h5").c_str(), H5F_ACC_RDWR, H5P_DEFAULT));
+    ASSERT_TRUE(file.valid());
+    for (const char* name : {"images", "labels", "ids"}) {
+      h5::Dataset ds(H5Dopen2(file.get(), name, H5P_DEFAULT));
+      ASSERT_TRUE(ds.valid());
+      std::vector<hsize_t> dims = {1000000000000ULL, 8, 8, 1};
+      if (std::string(name) != "images") dims.resize(1);
+      ASSERT_GE(H5Dset_extent(ds.get(), dims.data()), 0);
+    }
+  }
+  try {
+    ShardReader reader(dir / "s.h5", {layout("train", 0, 1, 8, 1), -1, 7});
+    ADD_FAILURE() << "a shard of 10^12 images was accepted";
+  } catch (const DataError& e) {
+    EXPECT_NE(std::string(e.what()).find("claims 1000000000000 images"), std::string::npos)
+        << e.what();
+  }
+  fs::remove_all(dir);
 }
 
 // A one-split dataset written with the real writer, for verify tests.
