@@ -77,3 +77,8 @@ printf "scaling: width %s, %s steps, batch %s/rank, overlap %s; np2 exposed comm
 echo "allreduce: ours = GradSync::finish after the fill (bucketed all-reduce of the pre-scaled" \
      "gradients, wait), ref = one MPI_Allreduce of the same bytes (fill and total printed above)"
 echo "scaling: ours = np2 rate, ref = np1 rate, ratio = efficiency; every rank bound to its own core"
+# Machine-readable lines for tests/bench/run_all.sh: result NAME OURS REF RATIO TARGET UNIT
+printf "result allreduce_np2 %.3f %.3f %.3f %s ms\n" "$(value "$work/ar.out" gradsync_ms)" \
+  "$(value "$work/ar.out" raw_ms)" "$(value "$work/ar.out" ratio)" "<=1.10"
+printf "result scaling_np2 %.1f %.1f %.3f %s images/s\n" "$rate2" "$rate1" \
+  "$(div "$rate2" "(2 * $rate1)")" ">=0.90"

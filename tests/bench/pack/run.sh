@@ -42,3 +42,9 @@ for r in "${results[@]}"; do
 done
 printf "ratio fer-pack/python at 1 thread:  %.2fx\n" "$(echo "${rate[fer-pack@1]} / ${rate[python@1]}" | bc -l)"
 printf "ratio fer-pack/python at 2 threads: %.2fx  (target >= 3x)\n" "$(echo "${rate[fer-pack@2]} / ${rate[python@2]}" | bc -l)"
+# Machine-readable lines for tests/bench/run_all.sh: result NAME OURS REF RATIO TARGET UNIT
+for t in 1 2; do
+  target=-; [[ $t == 2 ]] && target=">=3"
+  printf "result pack@%d %.1f %.1f %.3f %s images/s\n" "$t" "${rate[fer-pack@$t]}" \
+    "${rate[python@$t]}" "$(echo "${rate[fer-pack@$t]} / ${rate[python@$t]}" | bc -l)" "$target"
+done

@@ -144,3 +144,15 @@ for t in "${threads_list[@]}"; do
 done
 echo "step_cpu: the step loops timed by process CPU time (all threads) instead of wall time"
 echo "loader: its ref_img/s column is our training consumption at those threads (max of step, e2e)"
+# Machine-readable lines for tests/bench/run_all.sh: result NAME OURS REF RATIO TARGET UNIT
+for t in "${threads_list[@]}"; do
+  for b in step e2e; do
+    target=">=1.00"; [[ $b == e2e ]] && target=">=1.20"
+    printf "result train_%s@%d %.1f %.1f %.3f %s images/s\n" "$b" "$t" "${rate[${b}_ours$t]}" \
+      "${rate[${b}_ref$t]}" "$(div "${rate[${b}_ours$t]}" "${rate[${b}_ref$t]}")" "$target"
+  done
+  consume=${rate[e2e_ours$t]}
+  (( $(echo "${rate[step_ours$t]} > $consume" | bc -l) )) && consume=${rate[step_ours$t]}
+  printf "result loader@%d %.1f %.1f %.3f %s images/s\n" "$t" "${rate[loader$t]}" "$consume" \
+    "$(div "${rate[loader$t]}" "$consume")" ">=20"
+done
