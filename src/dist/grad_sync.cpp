@@ -5,6 +5,7 @@
 #include <chrono>
 
 #include "common/errors.h"
+#include "common/trace.h"
 #include "dist/mpi_context.h"
 
 namespace fer {
@@ -90,6 +91,8 @@ void GradSync::issue_ready_buckets() {
   while (next_to_issue_ < buckets_.size() &&
          buckets_[next_to_issue_].ready == buckets_[next_to_issue_].slots.size()) {
     Bucket& b = buckets_[next_to_issue_];
+    const trace::ScopedLabel label("grad allreduce bucket",
+                                   static_cast<std::int64_t>(next_to_issue_));
     b.work = comm_.allreduce_async(b.buffer, ReduceOp::kSum);
     ++next_to_issue_;
   }

@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "common/errors.h"
+#include "common/trace.h"
 #include "dist/mpi_check.h"
 #include "dist/mpi_context.h"
 
@@ -145,14 +146,21 @@ class MpiCommunicator::Worker {
     thread_ = std::thread([this] { run(); });
   }
 
-  // Queues `job` (FIFO) and returns its handle. `what` names it in errors and timeouts.
-  std::unique_ptr<Work> submit(std::string what, std::function<void(MPI_Comm)> job) {
+  // Queues `job` (FIFO) and returns its handle. `what` names it in errors and timeouts; `op`
+  // (a literal) names its timeline span unless the issuing thread has a trace::ScopedLabel.
+  std::unique_ptr<Work> submit(std::string what, const char* op,
+                               std::function<void(MPI_Comm)> job) {
     auto state = std::make_shared<JobState>();
+    Job::Trace trace;
+    if (trace::active()) {
+      const trace::Label label = trace::current_label();
+      trace = {label.name ? label.name : op, label.index, trace::current_step()};
+    }
     {
       std::lock_guard<std::mutex> lock(mutex_);
       FER_CHECK(!stopping_, CommError, what, ": the communicator is shutting down");
       what = detail::concat(what, " #", next_sequence_++, " on ", owner_);
-      queue_.push_back(Job{what, std::move(job), state});
+      queue_.push_back(Job{what, std::move(job), state, trace});
     }
     queue_cv_.notify_one();
     return std::make_unique<MpiWork>(std::move(state), std::move(what));
@@ -181,9 +189,16 @@ class MpiCommunicator::Worker {
 
  private:
   struct Job {
+    // The timeline span of the job (name null: not traced, tracing was off when it was issued).
+    struct Trace {
+      const char* name = nullptr;
+      std::int64_t index = -1;
+      std::int64_t step = -1;
+    };
     std::string what;
     std::function<void(MPI_Comm)> run;
     std::shared_ptr<JobState> state;
+    Trace trace;
   };
 
   void run() {
@@ -198,6 +213,7 @@ class MpiCommunicator::Worker {
         running_ = job.what;
       }
       std::exception_ptr error;
+      const std::int64_t trace_start = job.trace.name ? trace::now_ns() : 0;
       if (!broken_.empty()) {
         error = std::make_exception_ptr(CommError(
             detail::concat(job.what, ": not run, the communicator is broken since: ", broken_)));
@@ -212,6 +228,10 @@ class MpiCommunicator::Worker {
         }
       }
       job.run = nullptr;  // release the tensors before signalling completion
+      if (job.trace.name) {  // recorded before completion: a waiter then sees the event
+        trace::record(job.trace.name, job.trace.index, job.trace.step, trace::Track::kComm,
+                      trace_start, trace::now_ns());
+      }
       {
         std::lock_guard<std::mutex> lock(job.state->mutex);
         job.state->error = error;
@@ -286,7 +306,8 @@ std::unique_ptr<Work> MpiCommunicator::allreduce_async(at::Tensor& t, ReduceOp o
             "); use sum and divide where the rounding is yours to choose");
   const int size = size_;
   return worker_->submit(
-      detail::concat(name, " ", detail::tensor_summary(t)), [t, op, size](MPI_Comm comm) {
+      detail::concat(name, " ", detail::tensor_summary(t)), "allreduce",
+      [t, op, size](MPI_Comm comm) {
         if (t.numel() == 0) return;  // shapes agree across ranks: every rank skips
         const MPI_Datatype type = mpi_datatype(t.scalar_type());
         for_each_chunk(t, [&](void* p, int count) {
@@ -308,7 +329,7 @@ std::unique_ptr<Work> MpiCommunicator::broadcast_async(at::Tensor& t, int root) 
   FER_CHECK(root >= 0 && root < size_, CommError, "mpi ", name, ": root out of range [0, ", size_,
             ")");
   return worker_->submit(
-      detail::concat(name, " ", detail::tensor_summary(t)), [t, root](MPI_Comm comm) {
+      detail::concat(name, " ", detail::tensor_summary(t)), "broadcast", [t, root](MPI_Comm comm) {
         if (t.numel() == 0) return;
         const MPI_Datatype type = mpi_datatype(t.scalar_type());
         for_each_chunk(
@@ -321,7 +342,8 @@ at::Tensor MpiCommunicator::allgather(const at::Tensor& in) {
   const int size = size_;
   auto out = std::make_shared<at::Tensor>();
   auto work = worker_->submit(
-      detail::concat("allgather ", detail::tensor_summary(in)), [in, out, size](MPI_Comm comm) {
+      detail::concat("allgather ", detail::tensor_summary(in)), "allgather",
+      [in, out, size](MPI_Comm comm) {
         const std::vector<int64_t> sizes =
             in.dim() == 0 ? std::vector<int64_t>{1} : in.sizes().vec();
         const int64_t row =
@@ -371,7 +393,8 @@ at::Tensor MpiCommunicator::allgather(const at::Tensor& in) {
 }
 
 void MpiCommunicator::barrier() {
-  worker_->submit("barrier", [](MPI_Comm comm) { FER_MPI_CHECK(MPI_Barrier(comm)); })->wait();
+  worker_->submit("barrier", "barrier", [](MPI_Comm comm) { FER_MPI_CHECK(MPI_Barrier(comm)); })
+      ->wait();
 }
 
 }  // namespace fer

@@ -13,6 +13,9 @@
 //    would need someone to drive progress and gains nothing here.)
 //  - only one thread ever calls MPI for this communicator, so MPI_THREAD_SERIALIZED suffices
 //    (see MpiContext for what the rest of the program must then respect).
+//  - while a timeline is recorded (common/trace.h), each job is a span on the communication
+//    track from the start to the end of its MPI calls, named by the issuing thread's
+//    trace::ScopedLabel ("grad allreduce bucket" 2) or else by its op ("allreduce").
 // The collectives use a private duplicate of MPI_COMM_WORLD with MPI_ERRORS_RETURN, so their
 // traffic never matches other MPI calls of the program, and errors come back as CommError.
 #pragma once
