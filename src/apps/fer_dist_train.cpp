@@ -7,6 +7,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cstdint>
 #include <cstdio>
 #include <filesystem>
 
@@ -76,6 +77,8 @@ int main(int argc, char** argv) {
   std::string config_path, data_dir, run_dir, resume, device = "auto", eval_only;
   std::string log_level = "info";
   bool no_report = false;
+  std::string timeline;
+  std::int64_t timeline_from = -1, timeline_steps = 100;
   std::vector<std::string> overrides;
   int threads = 0;
   app.add_option("--config", config_path, "YAML recipe (configs/*.yaml); defaults otherwise")
@@ -89,6 +92,18 @@ int main(int argc, char** argv) {
   app.add_option("--threads", threads, "intra-op threads (default: OMP_NUM_THREADS or all cores)");
   app.add_option("--eval-only", eval_only, "evaluate this checkpoint on val and test, then exit");
   app.add_option("--log-level", log_level, "trace|debug|info|warn|error")->capture_default_str();
+  auto* timeline_option =
+      app.add_option("--timeline", timeline,
+                     "write a Chrome-trace timeline of every rank (Perfetto, chrome://tracing) "
+                     "to PATH (default RUN_DIR/timeline.json)")
+          ->expected(0, 1)
+          ->type_name("[PATH]");
+  app.add_option("--timeline-from", timeline_from,
+                 "first step of the timeline (default: the first step this run trains)");
+  app.add_option("--timeline-steps", timeline_steps,
+                 "steps in the timeline, with the evaluations and checkpoints between them")
+      ->check(CLI::Range(std::int64_t{1}, std::int64_t{100000}))
+      ->capture_default_str();
   app.add_flag("--no-report", no_report,
                "do not run fer-report (plots + report.md in RUN_DIR/report) at the end");
   try {
@@ -139,6 +154,12 @@ int main(int argc, char** argv) {
                          : device_name;
     options.threads = threads;
     options.comm = comm.get();
+    if (*timeline_option) {
+      options.timeline.path = timeline.empty() ? std::filesystem::path(run_dir) / "timeline.json"
+                                               : std::filesystem::path(timeline);
+      options.timeline.first_step = timeline_from;
+      options.timeline.steps = timeline_steps;
+    }
     const TrainSummary summary = run_training(config, options);
     if (rank == 0) {
       std::printf("fer-dist-train: %lld steps on %d rank(s), best val accuracy %.4f",

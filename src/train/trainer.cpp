@@ -4,6 +4,7 @@
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 #include <torch/torch.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <cmath>
@@ -19,6 +20,7 @@
 #include "common/fs_util.h"
 #include "common/logging.h"
 #include "common/random.h"
+#include "common/trace.h"
 #include "data/checksum.h"
 #include "data/loader.h"
 #include "data/manifest.h"
@@ -29,6 +31,8 @@
 #include "train/checkpoint.h"
 #include "train/metrics.h"
 #include "train/one_cycle.h"
+#include "train/progress.h"
+#include "train/timeline.h"
 
 namespace fs = std::filesystem;
 using json = nlohmann::json;
@@ -470,6 +474,8 @@ TrainSummary run_training(const TrainConfig& config_in, const TrainRunOptions& o
   if (sync_bn && comm) {
     const double timeout_s = config.dist.comm_timeout_s;
     model->set_allreduce([comm, timeout_s](torch::Tensor& t) {
+      const trace::ScopedLabel label("syncbn allreduce");
+      const trace::Span span("syncbn allreduce");
       timed_allreduce(*comm, t, ReduceOp::kSum, timeout_s, "SyncBatchNorm all-reduce");
     });
   }
@@ -530,6 +536,7 @@ TrainSummary run_training(const TrainConfig& config_in, const TrainRunOptions& o
 
   auto save = [&](std::int64_t next_epoch, std::int64_t next_step_in_epoch) {
     if (!leader) return;
+    const trace::Span span("checkpoint");
     meta.step = step;
     meta.epoch = next_epoch;
     meta.step_in_epoch = next_step_in_epoch;
@@ -540,6 +547,7 @@ TrainSummary run_training(const TrainConfig& config_in, const TrainRunOptions& o
   auto global_mean = [&](double value) {
     if (!comm || world == 1) return value;
     at::Tensor t = torch::tensor({value}, torch::kFloat64);
+    const trace::ScopedLabel label("loss allreduce");
     timed_allreduce(*comm, t, ReduceOp::kAvg, config.dist.comm_timeout_s,
                     "loss all-reduce at step " + std::to_string(step));
     return t.item<double>();
@@ -561,6 +569,7 @@ TrainSummary run_training(const TrainConfig& config_in, const TrainRunOptions& o
     meta.epoch_seen = seen;
   };
   auto evaluate_all = [&](EvalLoader& l) {
+    const trace::Span span("eval");
     EvalResult r = evaluate(model, l, manifest, device);
     if (comm && world > 1) reduce_eval(&r, *comm, config.dist.comm_timeout_s);
     return r;
@@ -573,10 +582,21 @@ TrainSummary run_training(const TrainConfig& config_in, const TrainRunOptions& o
   const FaultPlan fault = fault_plan_from_env();
   namespace F = torch::nn::functional;
   const auto ce_options = F::CrossEntropyFuncOptions().label_smoothing(config.optim.label_smoothing);
+  Timeline timeline(opt.timeline, opt.run_dir, world > 1 ? comm : nullptr,
+                    config.dist.comm_timeout_s);
+  ProgressReporter progress(leader && ::isatty(STDERR_FILENO), step, last_step, steps_per_epoch,
+                            config.train.epochs);
+  // The next batch, and the time the training thread waited for it.
+  auto next_batch = [&](Batch* b) {
+    timeline.before_step(step);
+    const trace::Span span("data wait");
+    return loader.next(b);
+  };
 
   for (; epoch < config.train.epochs && step < last_step; ++epoch, first_step_in_epoch = 0) {
     const auto epoch_start = Clock::now();
     loader.start_epoch(epoch, first_step_in_epoch);
+    progress.start_epoch(epoch, first_step_in_epoch);
     model->train();
     // Per-epoch train statistics: loss_sum adds the global mean loss of each step (the same on
     // every rank), correct/seen count this rank's samples. A run resumed mid-epoch starts from the
@@ -594,7 +614,7 @@ TrainSummary run_training(const TrainConfig& config_in, const TrainRunOptions& o
     auto window_start = Clock::now();
     std::int64_t window_images = 0;
     Batch batch;
-    while (step < last_step && loader.next(&batch)) {
+    while (step < last_step && next_batch(&batch)) {
       if (fault.fires(rank, step, "exit")) {
         spdlog::critical("fault injection: rank {} exits at step {}", rank, step);
         std::_Exit(99);
@@ -633,13 +653,17 @@ TrainSummary run_training(const TrainConfig& config_in, const TrainRunOptions& o
       torch::manual_seed(
           derive_seed({static_cast<std::uint64_t>(config.train.seed), kDropoutTag,
                        static_cast<std::uint64_t>(step), static_cast<std::uint64_t>(rank)}));
+      trace::Span forward_span("forward");
       const auto x = batch_images(batch, manifest, device);
       const auto y = batch_labels(batch, device);
       for (auto& p : model->parameters()) p.mutable_grad().reset();  // set_to_none
       const auto logits = model->forward(x);
       auto loss = F::cross_entropy(logits, y, ce_options);
       if (fault.fires(rank, step, "nan")) loss = loss * std::nan("");
+      forward_span.end();
+      trace::Span loss_span("loss allreduce");
       const double loss_value = global_mean(loss.item<double>());
+      loss_span.end();
       if (!std::isfinite(loss_value)) {
         if (!config.train.skip_nonfinite) {
           throw TrainingError(
@@ -658,11 +682,15 @@ TrainSummary run_training(const TrainConfig& config_in, const TrainRunOptions& o
         ++step;
         continue;
       }
+      trace::Span backward_span("backward");
       loss.backward();
+      backward_span.end();
       if (grad_sync) {
+        const trace::Span span("grad sync wait");
         grad_sync->finish(step);
         exposed_comm_seconds += grad_sync->last_wait_seconds();
       }
+      trace::Span optimizer_span("optimizer");
       if (config.optim.grad_clip_value > 0) {
         torch::nn::utils::clip_grad_value_(model->parameters(), config.optim.grad_clip_value);
       }
@@ -670,12 +698,14 @@ TrainSummary run_training(const TrainConfig& config_in, const TrainRunOptions& o
         torch::nn::utils::clip_grad_norm_(model->parameters(), config.optim.grad_clip_norm);
       }
       optimizer->step();
+      optimizer_span.end();
       ++step;
       loss_sum += loss_value;
       ++loss_steps;
       correct += logits.argmax(1).eq(y).sum().item<std::int64_t>();
       seen += batch.size;
       window_images += batch.size;
+      progress.step(step, loss_value, lr, static_cast<std::int64_t>(world) * batch.size);
       if (step % config.train.log_every == 0 || step == last_step) {
         const double rate = world * window_images / std::max(1e-9, seconds_since(window_start));
         if (metrics) {
@@ -683,12 +713,13 @@ TrainSummary run_training(const TrainConfig& config_in, const TrainRunOptions& o
                            {"loss", loss_value}, {"lr", lr}, {"beta1", beta1},
                            {"images_per_s", rate}});
         }
-        spdlog::info("epoch {} step {}/{} loss {:.4f} lr {:.3e} {:.0f} img/s", epoch, step,
-                     last_step, loss_value, lr, rate);
+        progress.clear();  // the line scrolls above the bar
+        spdlog::info("{}", progress.status_line(rate));
         window_start = Clock::now();
         window_images = 0;
       }
     }
+    progress.clear();
     const double epoch_seconds = seconds_since(epoch_start);
     train_seconds += epoch_seconds;
     const std::int64_t global_seen = global_sum(seen);
@@ -718,7 +749,10 @@ TrainSummary run_training(const TrainConfig& config_in, const TrainRunOptions& o
         meta.step_in_epoch = 0;
         set_partial_epoch(0.0, 0, 0, 0);
         best_state = snapshot(model);
-        if (leader) save_checkpoint(ckpt_dir / "best.pt", model, nullptr, meta);
+        if (leader) {
+          const trace::Span span("checkpoint");
+          save_checkpoint(ckpt_dir / "best.pt", model, nullptr, meta);
+        }
       }
     }
     if (metrics) metrics->append(record);
@@ -765,6 +799,7 @@ TrainSummary run_training(const TrainConfig& config_in, const TrainRunOptions& o
     spdlog::info("test (best checkpoint, step {}): accuracy {:.4f} macro-F1 {:.4f}",
                  meta.best_step, summary.test_accuracy, test.confusion.macro_f1());
   }
+  timeline.finish();
   if (leader) write_file_atomic(opt.run_dir / "summary.json", summary_json.dump(2) + "\n");
   return summary;
 }

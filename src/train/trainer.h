@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <string>
 
+#include "train/timeline.h"
 #include "train/train_config.h"
 
 namespace fer {
@@ -19,6 +20,7 @@ struct TrainRunOptions {
   std::string device = "auto";     // auto | cpu | cuda | cuda:N
   int threads = 0;                 // intra-op threads; > 0 overrides train.threads
   Communicator* comm = nullptr;    // the ranks of this job; nullptr = one process
+  TimelineOptions timeline;        // --timeline: Chrome trace of a window of steps (off: no path)
 };
 
 struct TrainSummary {
