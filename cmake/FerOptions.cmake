@@ -11,9 +11,16 @@ target_compile_options(fer_warnings INTERFACE -Wall -Wextra -Wno-unused-paramete
 
 if(FER_SANITIZE)
   string(REPLACE ";" "," _fer_san "${FER_SANITIZE}")
-  add_compile_options(-fsanitize=${_fer_san} -fno-omit-frame-pointer)
-  add_link_options(-fsanitize=${_fer_san})
+  # A sanitizer report is an error: abort on the first one instead of printing and going on.
+  add_compile_options(-fsanitize=${_fer_san} -fno-sanitize-recover=all -fno-omit-frame-pointer)
+  add_link_options(-fsanitize=${_fer_san} -fno-sanitize-recover=all)
   message(STATUS "fer: sanitizers ${_fer_san}")
+endif()
+if(FER_FUZZ)
+  # Coverage instrumentation for every library the fuzz targets link; the targets themselves
+  # link libFuzzer's main (tests/fuzz/CMakeLists.txt).
+  add_compile_options(-fsanitize=fuzzer-no-link)
+  message(STATUS "fer: libFuzzer instrumentation on")
 endif()
 
 # Link only the shared libraries a binary really uses: HDF5 and OpenCV drag in dozens that the

@@ -18,6 +18,7 @@ packages=(
   libspdlog-dev libfmt-dev libyaml-cpp-dev libcli11-dev nlohmann-json3-dev
   libgtest-dev googletest
   slurm-wlm munge                     # the sbatch scripts are tested on a local one-node Slurm
+  clang libclang-rt-14-dev            # ASan/UBSan + libFuzzer targets (tests/fuzz, FER_FUZZ=ON)
 )
 if [[ "${1:-}" == "--bench" ]]; then
   packages+=(python3-torch python3-torchvision python3-h5py python3-pil python3-numpy time bc)

@@ -117,7 +117,7 @@ Manifest parse_manifest(const std::string& text, const std::string& source) {
   json j;
   try {
     j = json::parse(text);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {  // parse_error, and out_of_range for numbers like 1e400
     throw DataError(source + ": not valid JSON (" + e.what() + ")");
   }
   if (!j.is_object()) throw DataError(source + ": not a JSON object");
