@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <filesystem>
 
+#include "common/allocator.h"
 #include "common/cancel.h"
 #include "common/errors.h"
 #include "common/logging.h"
@@ -131,6 +132,7 @@ int main(int argc, char** argv) {
     log_options.level = log_level;
     log_options.rank = rank;
     init_logging(log_options);
+    spdlog::debug("{}", keep_freed_memory_for_reuse());
     install_preemption_handlers();
     if (!eval_only.empty()) {
       if (rank == 0) {

@@ -1,0 +1,25 @@
+#include "common/allocator.h"
+
+#include <malloc.h>
+
+#include <cstdlib>
+
+namespace fer {
+
+std::string keep_freed_memory_for_reuse() {
+  for (const char* name : {"GLIBC_TUNABLES", "MALLOC_MMAP_MAX_", "MALLOC_MMAP_THRESHOLD_",
+                           "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_"}) {
+    if (std::getenv(name) != nullptr) {
+      return std::string("malloc left as configured by ") + name;
+    }
+  }
+#if defined(__GLIBC__)
+  const bool ok = mallopt(M_MMAP_MAX, 0) == 1 && mallopt(M_TRIM_THRESHOLD, 1 << 30) == 1;
+  return ok ? "malloc keeps freed memory for reuse (no mmap, no trim)"
+            : "malloc tuning refused by the C library";
+#else
+  return "malloc tuning skipped (not glibc)";
+#endif
+}
+
+}  // namespace fer
