@@ -13,6 +13,8 @@
 //   channels_last  plain, with conv weights and the input in channels-last (NHWC) memory format:
 //            a candidate speed-up for the trainer (oneDNN convolutions without NCHW reorders);
 //            compare it with plain before adopting it.
+// Like fer-dist-train, the process keeps freed memory for reuse (src/common/allocator.h);
+// FER_BENCH_DEFAULT_MALLOC=1 runs with glibc's default malloc instead.
 // Warm-up: 2 steps (the reference's), then STEPS timed steps. Timed twice: by the wall clock
 // (the benchmark's number) and by this process's CPU time, which a machine shared with other jobs
 // inflates far less than the wall clock (run.sh times the reference's loop the same way).
@@ -29,6 +31,7 @@
 #include <string>
 #include <vector>
 
+#include "common/allocator.h"
 #include "model/resnet9.h"
 
 namespace {
@@ -62,6 +65,12 @@ int main(int argc, char** argv) {
     return usage();
   }
   if (interop > 0) torch::set_num_interop_threads(interop);
+  // The process is set up like fer-dist-train's (which this step stands for): glibc malloc keeps
+  // freed memory for reuse. FER_BENCH_DEFAULT_MALLOC=1 leaves glibc's defaults (the reference's).
+  const char* default_malloc = std::getenv("FER_BENCH_DEFAULT_MALLOC");
+  if (default_malloc == nullptr || std::string(default_malloc) != "1") {
+    std::fprintf(stderr, "%s\n", fer::keep_freed_memory_for_reuse().c_str());
+  }
   torch::set_num_threads(threads);
   torch::manual_seed(0);
 
