@@ -1,6 +1,7 @@
 #include "common/fs_util.h"
 
 #include <fcntl.h>
+#include <stdio.h>  // renameat2, RENAME_EXCHANGE (glibc >= 2.28)
 #include <unistd.h>
 
 #include <cerrno>
@@ -76,27 +77,54 @@ ScopedTempDir::~ScopedTempDir() {
   fs::remove_all(path_, ec);
 }
 
+bool exchange_paths(const fs::path& a, const fs::path& b) {
+#if defined(RENAME_EXCHANGE)
+  return ::renameat2(AT_FDCWD, a.c_str(), AT_FDCWD, b.c_str(), RENAME_EXCHANGE) == 0;
+#else
+  (void)a;
+  (void)b;
+  return false;
+#endif
+}
+
 void ScopedTempDir::commit(const fs::path& final_path, bool replace) {
   fs::path target = final_path;
   if (target.filename().empty()) target = target.parent_path();
   std::error_code ec;
-  fs::path old;
+  const fs::path parent = target.parent_path().empty() ? fs::path(".") : target.parent_path();
   if (fs::exists(fs::symlink_status(target))) {
     if (!replace) throw IoError(target.string() + " already exists", "pass --overwrite");
-    old = path_.string() + ".old";
+    // One atomic step: a kill at any moment leaves the old or the new output at `target`.
+    if (exchange_paths(path_, target)) {
+      fsync_path(parent);
+      fs::remove_all(path_, ec);  // now the old output
+      owned_ = false;
+      return;
+    }
+    // A file system without RENAME_EXCHANGE: move the old output aside first (a kill between
+    // the two renames leaves it at <temp>.old).
+    const fs::path old = path_.string() + ".old";
     fs::rename(target, old, ec);
     if (ec) throw IoError("cannot move " + target.string() + " aside: " + ec.message());
+    fs::rename(path_, target, ec);
+    if (ec) {
+      std::error_code ignored;
+      fs::rename(old, target, ignored);  // put the old output back
+      throw IoError("cannot rename " + path_.string() + " to " + target.string() + ": " +
+                    ec.message());
+    }
+    owned_ = false;
+    fs::remove_all(old, ec);
+    fsync_path(parent);
+    return;
   }
   fs::rename(path_, target, ec);
   if (ec) {
-    std::error_code ignored;
-    if (!old.empty()) fs::rename(old, target, ignored);  // put the old output back
     throw IoError("cannot rename " + path_.string() + " to " + target.string() + ": " +
                   ec.message());
   }
   owned_ = false;
-  if (!old.empty()) fs::remove_all(old, ec);
-  fsync_path(target.parent_path().empty() ? fs::path(".") : target.parent_path());
+  fsync_path(parent);
 }
 
 }  // namespace fer

@@ -16,6 +16,10 @@ std::string read_file(const std::filesystem::path& path);
 // fsync() a file or directory by path; throws IoError.
 void fsync_path(const std::filesystem::path& path);
 
+// Swaps two existing paths (files or directories) in one atomic rename (Linux renameat2
+// RENAME_EXCHANGE). Returns false, changing nothing, where the file system or C library cannot.
+bool exchange_paths(const std::filesystem::path& a, const std::filesystem::path& b);
+
 // A directory that is removed (recursively) on destruction unless release()d. Used to build an
 // output under a temporary name and rename it into place only when complete.
 class ScopedTempDir {

@@ -65,6 +65,22 @@ TEST(FsUtil, CommitRefusesExistingOutputUnlessReplacing) {
   fs::remove_all(dir);
 }
 
+// Replacing an output is one atomic exchange on Linux file systems (a kill at any moment leaves
+// the old or the new output in place, never neither).
+TEST(FsUtil, ExchangePathsSwapsTwoFoldersAtomically) {
+  const auto dir = fresh_dir("exchange");
+  fs::create_directories(dir / "a");
+  fs::create_directories(dir / "b");
+  write_file_atomic(dir / "a" / "f", "a");
+  write_file_atomic(dir / "b" / "f", "b");
+  ASSERT_TRUE(exchange_paths(dir / "a", dir / "b")) << "renameat2(RENAME_EXCHANGE) unsupported";
+  EXPECT_EQ(read_file(dir / "a" / "f"), "b");
+  EXPECT_EQ(read_file(dir / "b" / "f"), "a");
+  EXPECT_FALSE(exchange_paths(dir / "a", dir / "missing"));
+  EXPECT_EQ(read_file(dir / "a" / "f"), "b");
+  fs::remove_all(dir);
+}
+
 TEST(Random, ShuffleIsAPermutationFixedBySeed) {
   std::vector<int> a(100), b(100);
   for (int i = 0; i < 100; ++i) a[i] = b[i] = i;
