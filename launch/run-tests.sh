@@ -20,3 +20,10 @@ cmake --build "$build" -j "$jobs"
 echo "run-tests: running tests"
 cd "$build"
 ctest --output-on-failure -j "$jobs" "$@"
+
+# The hardening pass (tests/hardening.sh: the torch-free unit tests under clang ASan+UBSan and a
+# short libFuzzer smoke run, ~5 minutes on 2 cores) after a full run; FER_HARDENING=0 skips it.
+if [[ $# -eq 0 && "${FER_HARDENING:-1}" != 0 ]]; then
+  echo "run-tests: hardening pass (FER_HARDENING=0 skips it)"
+  JOBS=$jobs "$root/tests/hardening.sh" "$build-hardening"
+fi

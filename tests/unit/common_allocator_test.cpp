@@ -25,8 +25,12 @@ long minor_faults() {
 }
 
 TEST(Allocator, FreedLargeBlocksAreReusedWithoutNewPageFaults) {
-#if defined(__SANITIZE_ADDRESS__)
+#if defined(__SANITIZE_ADDRESS__)  // GCC
   GTEST_SKIP() << "AddressSanitizer replaces malloc";
+#elif defined(__has_feature)  // clang
+#if __has_feature(address_sanitizer)
+  GTEST_SKIP() << "AddressSanitizer replaces malloc";
+#endif
 #endif
   if (std::getenv("GLIBC_TUNABLES") || std::getenv("MALLOC_MMAP_MAX_")) {
     GTEST_SKIP() << "malloc is tuned through the environment";
