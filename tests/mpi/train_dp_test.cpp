@@ -33,11 +33,8 @@ class DataParallel : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     tmp_ = new TempFolder("dp");
-    auto r = run_command(tool("fer-synth") + " " + quote(*tmp_ / "src") +
-                         " --per-class 20 --size 16 --seed 4");
-    ASSERT_EQ(r.exit_code, 0) << r.output;
-    r = run_command(tool("fer-pack") + " imagefolder " + quote(*tmp_ / "src") + " " +
-                    quote(*tmp_ / "data") + " -q --size 16");  // 112 train images
+    const auto r = testing::make_packed_dataset(tmp_->path(), "--per-class 20 --size 16 --seed 4",
+                                                "--size 16");  // 112 train images
     ASSERT_EQ(r.exit_code, 0) << r.output;
     std::ofstream(*tmp_ / "dp.yaml")
         << "model: {width: 0.0625, dropout: 0.0}\n"

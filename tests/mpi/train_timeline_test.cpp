@@ -27,11 +27,8 @@ class Timeline : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     tmp_ = new TempFolder("timeline");
-    auto r = run_command(tool("fer-synth") + " " + quote(*tmp_ / "src") +
-                         " --per-class 20 --size 16 --seed 4");
-    ASSERT_EQ(r.exit_code, 0) << r.output;
-    r = run_command(tool("fer-pack") + " imagefolder " + quote(*tmp_ / "src") + " " +
-                    quote(*tmp_ / "data") + " -q --size 16");  // 112 train images
+    const auto r = testing::make_packed_dataset(tmp_->path(), "--per-class 20 --size 16 --seed 4",
+                                                "--size 16");  // 112 train images
     ASSERT_EQ(r.exit_code, 0) << r.output;
     // 2 epochs x 7 steps at 2 ranks x 8; buckets of ~1 KiB after the first: several per step.
     std::ofstream(*tmp_ / "tl.yaml")

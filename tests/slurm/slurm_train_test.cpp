@@ -16,6 +16,7 @@
 #include <thread>
 
 #include "common/fs_util.h"
+#include "metrics_util.h"
 #include "test_util.h"
 #include "train/checkpoint.h"
 
@@ -25,6 +26,7 @@ using json = nlohmann::json;
 namespace fer {
 namespace {
 
+using testing::numeric_metrics;
 using testing::quote;
 using testing::run_command;
 using testing::TempFolder;
@@ -55,18 +57,6 @@ std::string field(const std::string& record, const std::string& key) {
   return std::regex_search(record, m, re) ? m[2].str() : "";
 }
 
-std::vector<json> numeric_metrics(const fs::path& run) {
-  std::vector<json> out;
-  std::ifstream in(run / "metrics.jsonl");
-  std::string line;
-  while (std::getline(in, line)) {
-    json j = json::parse(line);
-    j.erase("images_per_s");
-    j.erase("seconds");
-    out.push_back(j);
-  }
-  return out;
-}
 
 std::int64_t last_step(const fs::path& run) {
   std::int64_t step = -1;
@@ -107,11 +97,8 @@ class SlurmTrain : public ::testing::Test {
            " OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 "
            "FER_ROOT=" + quote(FER_SOURCE_DIR) + " FER_BIN=" + quote(tool("fer-dist-train")) + " ";
 
-    r = run_command(tool("fer-synth") + " " + quote(*tmp_ / "src") +
-                    " --per-class 20 --size 16 --seed 6");
-    ASSERT_EQ(r.exit_code, 0) << r.output;
-    r = run_command(tool("fer-pack") + " imagefolder " + quote(*tmp_ / "src") + " " +
-                    quote(*tmp_ / "data") + " -q --size 16");  // 112 train images
+    r = testing::make_packed_dataset(tmp_->path(), "--per-class 20 --size 16 --seed 6",
+                                     "--size 16");  // 112 train images
     ASSERT_EQ(r.exit_code, 0) << r.output;
     std::ofstream(*tmp_ / "tiny.yaml")
         << "model: {width: 0.0625, dropout: 0.1}\n"

@@ -93,11 +93,8 @@ TEST(OutputSafety, FerPackKilledAtRandomMomentsLeavesAWholeDataset) {
 
 TEST(OutputSafety, FerDistTrainKilledAtRandomMomentsLeavesLoadableOutputs) {
   TempFolder tmp("kill_train");
-  auto r = run_command(tool("fer-synth") + " " + quote(tmp / "src") +
-                       " --per-class 20 --size 16 --seed 3");
-  ASSERT_EQ(r.exit_code, 0) << r.output;
-  r = run_command(tool("fer-pack") + " imagefolder " + quote(tmp / "src") + " " +
-                  quote(tmp / "data") + " -q --size 16");
+  auto r = testing::make_packed_dataset(tmp.path(), "--per-class 20 --size 16 --seed 3",
+                                        "--size 16");
   ASSERT_EQ(r.exit_code, 0) << r.output;
   std::ofstream(tmp / "c.yaml") << "model: {width: 0.0625, dropout: 0.1}\n"
                                    "train: {epochs: 6, batch_size: 8, log_every: 1, threads: 1}\n"

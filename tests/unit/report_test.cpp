@@ -89,11 +89,7 @@ class FerReport : public ::testing::Test {
   static void SetUpTestSuite() {
     tmp_ = std::make_unique<TempFolder>("report_e2e");
     const fs::path root = tmp_->path();
-    auto r = run_command(tool("fer-synth") + " " + quote(root / "src") +
-                         " --per-class 20 --size 16 --seed 3");
-    if (r.exit_code != 0) return void(setup_error_ = r.output);
-    r = run_command(tool("fer-pack") + " imagefolder " + quote(root / "src") + " " +
-                    quote(root / "data") + " -q --size 16");
+    auto r = testing::make_packed_dataset(root, "--per-class 20 --size 16 --seed 3", "--size 16");
     if (r.exit_code != 0) return void(setup_error_ = r.output);
     std::ofstream(root / "tiny.yaml") << "model: {width: 0.0625, dropout: 0.1}\n"
                                          "train: {epochs: 2, batch_size: 16, log_every: 1, "

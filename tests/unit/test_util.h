@@ -57,4 +57,17 @@ inline std::string tool(const std::string& name) { return std::string(FER_TOOLS_
 
 inline std::string quote(const std::filesystem::path& p) { return "'" + p.string() + "'"; }
 
+// A small packed dataset for end-to-end tests: `fer-synth ROOT/src SYNTH_ARGS`, then
+// `fer-pack imagefolder ROOT/src ROOT/data -q PACK_ARGS`. Returns the first failing command's
+// result, else fer-pack's.
+inline CommandResult make_packed_dataset(const std::filesystem::path& root,
+                                         const std::string& synth_args,
+                                         const std::string& pack_args) {
+  const CommandResult synth =
+      run_command(tool("fer-synth") + " " + quote(root / "src") + " " + synth_args);
+  if (synth.exit_code != 0) return synth;
+  return run_command(tool("fer-pack") + " imagefolder " + quote(root / "src") + " " +
+                     quote(root / "data") + " -q " + pack_args);
+}
+
 }  // namespace fer::testing

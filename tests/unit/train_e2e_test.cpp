@@ -13,6 +13,7 @@
 #include "common/fs_util.h"
 #include "data/dataset.h"
 #include "data/manifest.h"
+#include "metrics_util.h"
 #include "test_util.h"
 #include "train/checkpoint.h"
 #include "train/train_config.h"
@@ -23,6 +24,7 @@ using json = nlohmann::json;
 namespace fer {
 namespace {
 
+using testing::numeric_metrics;
 using testing::quote;
 using testing::run_command;
 using testing::TempFolder;
@@ -30,12 +32,10 @@ using testing::tool;
 
 // Synthesizes and packs a dataset: fer-synth --per-class N --size S.
 void make_dataset(const fs::path& root, int per_class, int size) {
-  auto r = run_command(tool("fer-synth") + " " + quote(root / "src") + " --per-class " +
-                       std::to_string(per_class) + " --size " + std::to_string(size) +
-                       " --seed 3");
-  ASSERT_EQ(r.exit_code, 0) << r.output;
-  r = run_command(tool("fer-pack") + " imagefolder " + quote(root / "src") + " " +
-                  quote(root / "data") + " -q --size " + std::to_string(size));
+  const auto r = testing::make_packed_dataset(
+      root, "--per-class " + std::to_string(per_class) + " --size " + std::to_string(size) +
+                " --seed 3",
+      "--size " + std::to_string(size));
   ASSERT_EQ(r.exit_code, 0) << r.output;
 }
 
@@ -53,19 +53,6 @@ std::string train(const fs::path& config, const fs::path& data, const fs::path& 
          " --out " + quote(out) + " " + extra;
 }
 
-// metrics.jsonl without the wall-clock fields.
-std::vector<json> numeric_metrics(const fs::path& run) {
-  std::vector<json> out;
-  std::ifstream in(run / "metrics.jsonl");
-  std::string line;
-  while (std::getline(in, line)) {
-    json j = json::parse(line);
-    j.erase("images_per_s");
-    j.erase("seconds");
-    out.push_back(j);
-  }
-  return out;
-}
 
 void expect_same_weights(const fs::path& a, const fs::path& b) {
   ResNet9 ma = load_checkpoint_model(a, nullptr);
@@ -320,11 +307,8 @@ double nearest_mean_accuracy(const fs::path& data) {
 
 TEST(TrainerDemo, LearnsSynthFarAboveChanceAndBeatsTheNearestMeanBaseline) {
   TempFolder tmp("train_demo");
-  auto r = run_command(tool("fer-synth") + " " + quote(tmp / "src") + " --per-class 150 --seed 5");
-  ASSERT_EQ(r.exit_code, 0) << r.output;
   // 32x32 keeps this test near a minute on 2 cores; the recipe is configs/demo_cpu.yaml.
-  r = run_command(tool("fer-pack") + " imagefolder " + quote(tmp / "src") + " " +
-                  quote(tmp / "data") + " -q --size 32");
+  auto r = testing::make_packed_dataset(tmp.path(), "--per-class 150 --seed 5", "--size 32");
   ASSERT_EQ(r.exit_code, 0) << r.output;
   r = run_command(tool("fer-dist-train") + " --config " + FER_SOURCE_DIR +
                   "/configs/demo_cpu.yaml --data " + quote(tmp / "data") + " --out " +
