@@ -76,7 +76,10 @@ int main(int argc, char** argv) {
   options.overlap = false;
   fer::GradSync sync(params, *comm, options);
 
-  auto raw = torch::randn({numel});
+  // Both raw sides sum in place; each starts from the same values (untimed refill), so the
+  // numbers stay finite however many iterations run (summing a sum doubles it every time).
+  const auto initial = torch::randn({numel});
+  auto raw = initial.clone();
   float* raw_data = raw.data_ptr<float>();
   const int count = static_cast<int>(numel);
 
@@ -86,10 +89,12 @@ int main(int argc, char** argv) {
     auto start = std::chrono::steady_clock::now();
     sync.finish(i);
     const double a = seconds_since(start);
+    raw.copy_(initial);
     MPI_Barrier(MPI_COMM_WORLD);
     start = std::chrono::steady_clock::now();
     MPI_Allreduce(MPI_IN_PLACE, raw_data, count, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
     const double b = seconds_since(start);
+    raw.copy_(initial);
     MPI_Barrier(MPI_COMM_WORLD);
     start = std::chrono::steady_clock::now();
     comm->allreduce(raw, fer::ReduceOp::kSum);
@@ -100,6 +105,11 @@ int main(int argc, char** argv) {
       t_thread.push_back(c);
       t_fill.push_back(sync.last_fill_seconds());
     }
+  }
+  // The last raw sum must be right (every rank drew the same values: torch's default seed).
+  if (!torch::allclose(raw, initial * mpi.size(), 1e-5, 1e-5)) {
+    std::fprintf(stderr, "bench_allreduce: rank %d: the communicator's sum is wrong\n", mpi.rank());
+    return 1;
   }
   // A rank's time is the slowest rank's: take the maximum of each iteration over ranks.
   MPI_Allreduce(MPI_IN_PLACE, t_sync.data(), iters, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
