@@ -21,8 +21,9 @@ echo "run-tests: running tests"
 cd "$build"
 ctest --output-on-failure -j "$jobs" "$@"
 
-# The hardening pass (tests/hardening.sh: the torch-free unit tests under clang ASan+UBSan and a
-# short libFuzzer smoke run, ~5 minutes on 2 cores) after a full run; FER_HARDENING=0 skips it.
+# The hardening pass (tests/hardening.sh: clang ASan+UBSan build of the torch-free unit tests and
+# the 2-rank MPI tests, a canary, a short libFuzzer smoke run) after a full run;
+# FER_HARDENING=0 skips it.
 if [[ $# -eq 0 && "${FER_HARDENING:-1}" != 0 ]]; then
   echo "run-tests: hardening pass (FER_HARDENING=0 skips it)"
   JOBS=$jobs "$root/tests/hardening.sh" "$build-hardening"
