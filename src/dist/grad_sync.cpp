@@ -84,7 +84,8 @@ void GradSync::on_gradient(std::size_t k, const at::Tensor& grad) {
   // all-reduce (exact for power-of-two worlds; the same on every rank and for overlap on/off).
   at::mul_out(dest, grad.reshape({-1}), scale_);
   ++b.ready;
-  if (!deferring_) issue_ready_buckets();
+  // With overlap off, finish() fills every bucket first and issues them all afterwards.
+  if (options_.overlap) issue_ready_buckets();
 }
 
 void GradSync::issue_ready_buckets() {
@@ -103,12 +104,10 @@ void GradSync::finish(std::int64_t step) {
   if (!options_.overlap) {
     // Fill every bucket first, then issue them all: the copies do not compete with the
     // communication thread for the cores.
-    deferring_ = true;
     for (std::size_t k = 0; k < params_.size(); ++k) {
       const at::Tensor& g = params_[k].grad();
       on_gradient(k, g.defined() ? g : torch::zeros_like(params_[k]));
     }
-    deferring_ = false;
   } else {
     // A parameter backward did not reach: contributes zeros, the same on every rank.
     for (std::size_t k = 0; k < params_.size(); ++k) {

@@ -88,7 +88,6 @@ class GradSync {
   double last_wait_seconds_ = 0.0;
   double last_fill_seconds_ = 0.0;
   double scale_;            // 1 / world size: gradients are pre-scaled, then summed
-  bool deferring_ = false;  // finish() with overlap off: fill every bucket before issuing
 };
 
 }  // namespace fer
