@@ -10,6 +10,7 @@
 
 #include "common/errors.h"
 #include "common/fs_util.h"
+#include "common/json_util.h"
 
 namespace fer {
 namespace {
@@ -35,18 +36,6 @@ template <typename T>
 struct IsVector<std::vector<T>> : std::true_type {};
 template <typename T>
 constexpr bool is_vector_v = IsVector<T>::value;
-
-// True when `value` is a JSON integer within T's range.
-template <typename T>
-bool is_integer_in_range(const json& value) {
-  const bool fits =
-      (value.is_number_unsigned() &&
-       value.get<std::uint64_t>() <= static_cast<std::uint64_t>(std::numeric_limits<T>::max())) ||
-      (value.is_number_integer() && !value.is_number_unsigned() &&
-       value.get<std::int64_t>() >= static_cast<std::int64_t>(std::numeric_limits<T>::min()) &&
-       value.get<std::int64_t>() <= static_cast<std::int64_t>(std::numeric_limits<T>::max()));
-  return fits;
-}
 
 // Typed access with an error that names the key path.
 template <typename T>

@@ -12,6 +12,7 @@
 
 #include "common/errors.h"
 #include "common/fs_util.h"
+#include "common/json_util.h"
 
 namespace fs = std::filesystem;
 
@@ -44,18 +45,11 @@ constexpr int kMaxClasses = 256;
 constexpr double kMaxWidth = 16.0;
 constexpr std::size_t kMaxReportedMismatches = 5;
 
-// A JSON integer that fits T, or CheckpointError naming the key. (nlohmann's own conversion casts
-// floats to integers, undefined behaviour for out-of-range values.)
+// A JSON integer that fits T, or CheckpointError naming the key.
 template <typename T>
 T integer_at(const nlohmann::json& j, const char* key, const std::string& source) {
   const auto& v = j.at(key);
-  const bool fits =
-      (v.is_number_unsigned() &&
-       v.get<std::uint64_t>() <= static_cast<std::uint64_t>(std::numeric_limits<T>::max())) ||
-      (v.is_number_integer() && !v.is_number_unsigned() &&
-       v.get<std::int64_t>() >= static_cast<std::int64_t>(std::numeric_limits<T>::min()) &&
-       v.get<std::int64_t>() <= static_cast<std::int64_t>(std::numeric_limits<T>::max()));
-  if (!fits)
+  if (!is_integer_in_range<T>(v))
     throw CheckpointError(source + ": checkpoint metadata \"" + key + "\" is not a valid integer");
   return static_cast<T>(v.get<std::int64_t>());
 }
