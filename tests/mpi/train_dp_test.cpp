@@ -19,15 +19,11 @@ using json = nlohmann::json;
 namespace fer {
 namespace {
 
+using testing::mpiexec;
 using testing::quote;
 using testing::run_command;
 using testing::TempFolder;
 using testing::tool;
-
-std::string mpiexec(int np) {
-  return std::string("OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 ") +
-         FER_MPIEXEC + " -np " + std::to_string(np) + " --oversubscribe ";
-}
 
 class DataParallel : public ::testing::Test {
  protected:
@@ -183,9 +179,8 @@ TEST_F(DataParallel, AMismatchedConfigOnOneRankIsANamedErrorNotAHang) {
   const std::string common = tool("fer-dist-train") + " --config " + quote(path("dp.yaml")) +
                              " --data " + quote(path("data")) + " --out " +
                              quote(path("mismatch")) + " --set train.batch_size=8";
-  auto r = run_command("OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 " +
-                       std::string(FER_MPIEXEC) + " --oversubscribe -np 1 " + common + " : -np 1 " +
-                       common + " --set optim.weight_decay=0.5");
+  auto r = run_command(mpiexec() + "-np 1 " + common + " : -np 1 " + common +
+                       " --set optim.weight_decay=0.5");
   EXPECT_NE(r.exit_code, 0) << r.output;
   EXPECT_NE(r.output.find("rank 1's config differs from rank 0's"), std::string::npos)
       << r.output;

@@ -40,9 +40,8 @@ class Timeline : public ::testing::Test {
   static void TearDownTestSuite() { delete tmp_; }
 
   testing::CommandResult train(const std::string& out, const std::string& extra) {
-    return run_command("OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 " +
-                       std::string(FER_MPIEXEC) + " -np 2 --oversubscribe " +
-                       tool("fer-dist-train") + " --config " + quote(*tmp_ / "tl.yaml") +
+    return run_command(testing::mpiexec(2) + tool("fer-dist-train") + " --config " +
+                       quote(*tmp_ / "tl.yaml") +
                        " --data " + quote(*tmp_ / "data") + " --out " + quote(*tmp_ / out) +
                        " --no-report " + extra);
   }

@@ -70,4 +70,17 @@ inline CommandResult make_packed_dataset(const std::filesystem::path& root,
                      quote(root / "data") + " -q " + pack_args);
 }
 
+#ifdef FER_MPIEXEC
+// The start of a command line run by mpiexec (FER_MPIEXEC, defined for the multi-rank test
+// targets by tests/CMakeLists.txt): oversubscribed, so more ranks than cores fit, and allowed as
+// root (CI containers). With np > 0 it ends in "-np NP "; with 0 the caller writes the ranks
+// (e.g. MPMD "-np 1 A : -np 1 B").
+inline std::string mpiexec(int np = 0) {
+  std::string prefix = std::string("OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 ") +
+                       FER_MPIEXEC + " --oversubscribe ";
+  if (np > 0) prefix += "-np " + std::to_string(np) + " ";
+  return prefix;
+}
+#endif
+
 }  // namespace fer::testing
