@@ -17,6 +17,7 @@
 #include "common/logging.h"
 #include "dist/communicator.h"
 #include "dist/mpi_context.h"
+#include "train/device.h"
 #include "train/train_config.h"
 #include "train/trainer.h"
 

@@ -14,7 +14,7 @@
 #include "image_folder.h"
 #include "model/resnet9.h"
 #include "train/checkpoint.h"
-#include "train/trainer.h"
+#include "train/device.h"
 
 namespace fer {
 namespace {

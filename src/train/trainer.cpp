@@ -1,6 +1,5 @@
 #include "train/trainer.h"
 
-#include <link.h>
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 #include <torch/torch.h>
@@ -30,6 +29,7 @@
 #include "dist/mpi_context.h"
 #include "model/resnet9.h"
 #include "train/checkpoint.h"
+#include "train/device.h"
 #include "train/metrics.h"
 #include "train/one_cycle.h"
 #include "train/progress.h"
@@ -177,52 +177,6 @@ json eval_json(const EvalResult& r, const std::vector<std::string>& classes) {
 }
 
 }  // namespace
-
-std::string resolve_device_name(const std::string& requested) {
-  if (requested == "auto") return torch::cuda::is_available() ? "cuda:0" : "cpu";
-  if (requested == "cpu") return "cpu";
-  if (requested.rfind("cuda", 0) == 0) {
-    if (!torch::cuda::is_available()) {
-      throw ConfigError("--device " + requested + ": CUDA is not available in this LibTorch build "
-                        "or on this machine",
-                        "use --device cpu, or a CUDA-enabled LibTorch on a GPU machine");
-    }
-    return requested == "cuda" ? "cuda:0" : requested;
-  }
-  throw ConfigError("--device must be auto, cpu, cuda or cuda:N, not '" + requested + "'");
-}
-
-int configure_threads(int requested) {
-  int threads = requested;
-  if (threads <= 0) {
-    if (const char* env = std::getenv("OMP_NUM_THREADS")) threads = std::atoi(env);
-  }
-  if (threads <= 0) threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  torch::set_num_threads(threads);
-  return threads;
-}
-
-std::string check_blas() {
-  std::string found;
-  dl_iterate_phdr(
-      [](dl_phdr_info* info, size_t, void* data) {
-        const std::string name = info->dlpi_name ? info->dlpi_name : "";
-        if (name.find("libblas.so") != std::string::npos ||
-            name.find("libopenblas") != std::string::npos) {
-          std::error_code ec;
-          *static_cast<std::string*>(data) = fs::canonical(name, ec).string();
-          if (ec) *static_cast<std::string*>(data) = name;
-          return 1;
-        }
-        return 0;
-      },
-      &found);
-  if (found.find("/blas/libblas") != std::string::npos) {
-    spdlog::warn("LibTorch is using the reference BLAS ({}), ~20x slower than OpenBLAS", found);
-    spdlog::warn("fix: apt-get install libopenblas0-openmp (launch/install-deps.sh does this)");
-  }
-  return found;
-}
 
 namespace {
 

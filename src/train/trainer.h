@@ -39,15 +39,4 @@ std::string evaluate_checkpoint(const std::filesystem::path& checkpoint,
                                 const std::filesystem::path& data_dir, const std::string& device,
                                 int batch_size, int threads);
 
-// The torch device for "auto" | "cpu" | "cuda" | "cuda:N". ConfigError when CUDA is asked for
-// but not available.
-std::string resolve_device_name(const std::string& requested);
-
-// Sets intra-op threads: `requested` > 0, else OMP_NUM_THREADS, else all cores. Returns it.
-int configure_threads(int requested);
-
-// Warns (once) when LibTorch runs on the slow reference BLAS instead of OpenBLAS. Returns the
-// path of the libblas in use ("" if none found).
-std::string check_blas();
-
 }  // namespace fer
