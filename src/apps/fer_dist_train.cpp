@@ -15,11 +15,11 @@
 #include "common/cancel.h"
 #include "common/errors.h"
 #include "common/logging.h"
-#include "dist/communicator.h"
 #include "dist/mpi_context.h"
+#include "dist/planes.h"
 #include "train/device.h"
+#include "train/run.h"
 #include "train/train_config.h"
-#include "train/trainer.h"
 
 using namespace fer;
 
@@ -143,20 +143,22 @@ int main(int argc, char** argv) {
       return 0;
     }
     const TrainConfig config = load_train_config(config_path, overrides);
-    const std::string device_name = resolve_device_name(device);
-    std::string backend = config.dist.backend;
-    if (backend == "auto") backend = device_name.rfind("cuda", 0) == 0 ? "nccl" : "mpi";
-    std::unique_ptr<Communicator> comm = make_communicator(backend, *mpi);
-    if (rank == 0 && world > 1) spdlog::info("{} ranks, backend {}", world, backend);
+    // Rank -> device (cuda: local rank % visible GPUs), then both communication planes on it.
+    PlaneOptions planes;
+    planes.device = resolve_device(device, mpi->local_rank());
+    planes.backend = resolve_backend(config.dist.backend, planes.device);
+    planes.timeout_s = config.dist.comm_timeout_s;
+    planes.force_collectives = config.dist.force_collectives;
+    auto groups = std::make_unique<ProcessGroups>(*mpi, planes);
+    spdlog::info("rank {} (local {}) on {}", rank, mpi->local_rank(), planes.device.str());
+    if (rank == 0 && world > 1) spdlog::info("{}", groups->describe());
     TrainRunOptions options;
     options.data_dir = data_dir;
     options.run_dir = run_dir;
     options.resume = resume;
-    options.device = world > 1 && device_name.rfind("cuda", 0) == 0
-                         ? "cuda:" + std::to_string(mpi->local_rank())
-                         : device_name;
+    options.device = planes.device.str();
     options.threads = threads;
-    options.comm = comm.get();
+    options.groups = groups.get();
     if (*timeline_option) {
       options.timeline.path = timeline.empty() ? std::filesystem::path(run_dir) / "timeline.json"
                                                : std::filesystem::path(timeline);
@@ -170,7 +172,7 @@ int main(int argc, char** argv) {
       if (summary.test_accuracy >= 0) std::printf(", test accuracy %.4f", summary.test_accuracy);
       std::printf(", %.0f images/s -> %s\n", summary.images_per_second, run_dir.c_str());
     }
-    comm.reset();
+    groups.reset();
     if (rank == 0 && !no_report) {
       mpi.reset();  // MPI finalized before the child process starts
       write_report(run_dir);

@@ -3,7 +3,9 @@
 //   "kind:exit,rank:1,step:3"  rank 1 exits abruptly (code 99) at step 3
 //   "kind:hang,rank:1,step:3"  rank 1 stops responding at step 3
 //   "kind:preempt,rank:1,step:3"  rank 1 raises SIGUSR1 before step 3, as Slurm preemption does;
-//                                 every rank stops at step 3 with a checkpoint (exit 75)
+//                                 every rank finishes step 3 (the step in flight, whose control
+//                                 all-reduce carries the flag) and stops with the checkpoint of
+//                                 step 4 (exit 75)
 // Unset in normal use; a malformed value is a ConfigError so a typo cannot silently test nothing.
 #pragma once
 

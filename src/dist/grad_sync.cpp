@@ -6,18 +6,18 @@
 
 #include "common/errors.h"
 #include "common/trace.h"
-#include "dist/mpi_context.h"
 
 namespace fer {
 
-GradSync::GradSync(std::vector<at::Tensor> params, Communicator& comm,
+GradSync::GradSync(std::vector<at::Tensor> params, DataPlane& plane,
                    const GradSyncOptions& options)
     : params_(std::move(params)),
-      comm_(comm),
+      plane_(plane),
       options_(options),
-      scale_(1.0 / static_cast<double>(comm.size())) {
+      scale_(1.0 / static_cast<double>(plane.size())) {
   FER_CHECK(options.bucket_mb > 0 && options.first_bucket_mb > 0, ConfigError,
             "dist.bucket_mb must be > 0");
+  FER_CHECK(plane.active(), CommError, "GradSync needs an active data plane (world > 1)");
   bucket_of_.resize(params_.size());
   slot_of_.resize(params_.size());
   filled_.assign(params_.size(), false);
@@ -94,7 +94,7 @@ void GradSync::issue_ready_buckets() {
     Bucket& b = buckets_[next_to_issue_];
     const trace::ScopedLabel label("grad allreduce bucket",
                                    static_cast<std::int64_t>(next_to_issue_));
-    b.work = comm_.allreduce_async(b.buffer, ReduceOp::kSum);
+    b.work = plane_.allreduce_async(b.buffer, ReduceOp::kSum, "gradient bucket all-reduce");
     ++next_to_issue_;
   }
 }
@@ -122,15 +122,13 @@ void GradSync::finish(std::int64_t step) {
   // The communicator completes work in issue order (one thread, or one stream for NCCL): waiting
   // for the last bucket waits for all of them with one wake-up instead of one per bucket (on
   // fully subscribed cores each wake-up can preempt a peer's communication thread).
-  if (!buckets_.back().work->wait_for(options_.timeout_s)) {
-    std::size_t i = 0;
+  plane_.wait(*buckets_.back().work, [this, step] {
+    std::size_t i = 0;  // the first bucket still in flight
     while (i + 1 < buckets_.size() && buckets_[i].work->wait_for(0.0)) ++i;
-    abort_job(static_cast<int>(ExitCode::kComm),
-              "gradient all-reduce timed out after " + std::to_string(options_.timeout_s) +
-                  " s at step " + std::to_string(step) + ", bucket " + std::to_string(i) + "/" +
-                  std::to_string(buckets_.size()) + ": " + buckets_[i].work->describe() +
-                  " (another rank died or hangs)");
-  }
+    return "gradient all-reduce at step " + std::to_string(step) + ", bucket " +
+           std::to_string(i) + "/" + std::to_string(buckets_.size()) + " (" +
+           buckets_[i].work->describe() + ")";
+  });
   for (auto& b : buckets_) {
     b.work->wait();  // returns at once; rethrows a failure
     b.work.reset();

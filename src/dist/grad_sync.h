@@ -6,8 +6,8 @@
 // so communication starts early). An autograd hook per parameter copies its gradient into the
 // bucket's flat buffer; when a bucket is complete and every earlier bucket has been issued, its
 // all-reduce (average) is issued asynchronously while backward goes on. Buckets are therefore
-// issued in bucket order on every rank. finish() waits for all of them (aborting the job when one
-// exceeds timeout_s, naming step, bucket and op) and points each param.grad() at its average in
+// issued in bucket order on every rank, on the data plane. finish() waits for all of them (the data
+// plane's bounded wait: the job aborts naming step, bucket and op) and points each param.grad() at its average in
 // the bucket buffer (a view: nothing is copied back). Gradients are scaled by 1/world as they are
 // copied in and then summed, so the average needs no extra pass.
 // With overlap off every bucket is filled and issued after backward, from the same buffers in the
@@ -28,6 +28,7 @@
 #include <vector>
 
 #include "dist/communicator.h"
+#include "dist/planes.h"
 
 namespace fer {
 
@@ -35,19 +36,20 @@ struct GradSyncOptions {
   double bucket_mb = 25.0;       // cap per bucket, MiB
   double first_bucket_mb = 1.0;  // cap of the first bucket (the last layers), MiB
   bool overlap = true;           // issue buckets from autograd hooks during backward
-  double timeout_s = 300.0;      // a bucket not reduced within this aborts the job
 };
 
 class GradSync {
  public:
-  // `params` in registration order (model->parameters()). Registers the hooks when overlapping.
-  GradSync(std::vector<at::Tensor> params, Communicator& comm, const GradSyncOptions& options);
+  // `params` in registration order (model->parameters()), on the data plane's device. Registers
+  // the hooks when overlapping. The plane must be active (a world of one needs no GradSync).
+  GradSync(std::vector<at::Tensor> params, DataPlane& plane, const GradSyncOptions& options);
   ~GradSync();
   GradSync(const GradSync&) = delete;
   GradSync& operator=(const GradSync&) = delete;
 
   // After backward: issues what is left, waits for every bucket, writes averaged gradients back.
-  // `step` names the step in timeout messages. Throws CommError (a failed collective).
+  // `step` names the step in timeout messages. Throws CommError (a failed collective, or a
+  // parameter that received two gradients in one backward).
   void finish(std::int64_t step);
 
   int num_buckets() const { return static_cast<int>(buckets_.size()); }
@@ -77,7 +79,7 @@ class GradSync {
   void reset_step();
 
   std::vector<at::Tensor> params_;
-  Communicator& comm_;
+  DataPlane& plane_;
   GradSyncOptions options_;
   std::vector<Bucket> buckets_;
   std::vector<std::size_t> bucket_of_;  // param index -> bucket index

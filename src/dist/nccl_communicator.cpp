@@ -10,6 +10,7 @@
 #include <chrono>
 #include <cstdint>
 #include <deque>
+#include <future>
 #include <mutex>
 #include <numeric>
 #include <thread>
@@ -19,6 +20,7 @@
 #include "common/errors.h"
 #include "dist/mpi_check.h"
 #include "dist/mpi_context.h"
+#include "dist/wait.h"
 
 // ---- check macros (STYLE.md lesson 2): CHECK throws CommError, LOG_ERROR only logs ------------
 
@@ -177,9 +179,7 @@ class DeviceGuard {
 // The NCCL communicator: destroyed normally, or aborted (for errors, timeouts, lost peers).
 class NcclComm {
  public:
-  NcclComm(int size, const ncclUniqueId& id, int rank) {
-    FER_NCCL_CHECK(ncclCommInitRank(&comm_, size, id, rank));
-  }
+  explicit NcclComm(ncclComm_t comm) : comm_(comm) {}
   ~NcclComm() { abort(); }  // only reached when neither destroy() nor abort() ran: be safe
   NcclComm(const NcclComm&) = delete;
   NcclComm& operator=(const NcclComm&) = delete;
@@ -228,6 +228,40 @@ ncclRedOp_t nccl_op(ReduceOp op) {
 }
 
 enum class Poll { kDone, kPending, kFailed };
+
+// ncclCommInitRank blocks until every rank has joined: forever when one never does (a dead rank,
+// a misconfigured network). It runs on a thread of its own so that the caller's wait is bounded
+// by wait_or_abort like any collective's.
+class NcclInitWork final : public Work {
+ public:
+  NcclInitWork(int device, int size, const ncclUniqueId& id, int rank, std::string what)
+      : what_(std::move(what)),
+        result_(std::async(std::launch::async, [device, size, id, rank] {
+          FER_CUDA_CHECK(cudaSetDevice(device));  // the device is per thread
+          ncclComm_t comm = nullptr;
+          FER_NCCL_CHECK(ncclCommInitRank(&comm, size, id, rank));
+          return comm;
+        })) {}
+
+  void wait() override {
+    if (!taken_) {
+      taken_ = true;
+      comm_ = result_.get();  // rethrows the thread's CommError
+    }
+  }
+  bool wait_for(double seconds) override {
+    return taken_ || result_.wait_for(std::chrono::duration<double>(std::max(seconds, 0.0))) ==
+                         std::future_status::ready;
+  }
+  std::string describe() const override { return what_; }
+  ncclComm_t comm() const { return comm_; }
+
+ private:
+  std::string what_;
+  std::future<ncclComm_t> result_;
+  bool taken_ = false;
+  ncclComm_t comm_ = nullptr;
+};
 
 }  // namespace
 
@@ -386,12 +420,9 @@ std::unique_ptr<Work> launch(const std::shared_ptr<NcclCommunicator::State>& sta
 
 // ---- NcclCommunicator --------------------------------------------------------------------------
 
-NcclCommunicator::NcclCommunicator(MpiContext& mpi, void* compute_stream,
+NcclCommunicator::NcclCommunicator(MpiContext& mpi, int device, void* compute_stream,
                                    NcclCommunicatorOptions options)
-    : rank_(mpi.rank()),
-      size_(mpi.size()),
-      local_rank_(mpi.local_rank()),
-      device_(mpi.local_rank()) {
+    : rank_(mpi.rank()), size_(mpi.size()), local_rank_(mpi.local_rank()), device_(device) {
   // 1. Every rank takes its GPU, then all agree: a rank failing alone would leave the others
   //    waiting in ncclCommInitRank forever.
   std::string problem;
@@ -399,14 +430,19 @@ NcclCommunicator::NcclCommunicator(MpiContext& mpi, void* compute_stream,
   const cudaError_t count_rc = cudaGetDeviceCount(&device_count);
   if (count_rc != cudaSuccess) {
     problem = detail::cuda_error_message(count_rc, "cudaGetDeviceCount", __FILE__, __LINE__);
-  } else if (device_ >= device_count) {
-    problem = detail::concat("local rank ", local_rank_, " needs CUDA device ", device_,
-                             " but this node has ", device_count,
-                             "; start at most that many ranks per node");
-  } else {
+  } else if (device_count == 0) {
+    problem = "no CUDA device is visible to this rank";
+  } else if (device_ < 0 || device_ >= device_count) {
+    if (device_ < 0) device_ = local_rank_ % device_count;  // the binding of DESIGN.md
+    if (device_ >= device_count) {
+      problem = detail::concat("local rank ", local_rank_, " was given CUDA device ", device_,
+                               " but it sees ", device_count, " device(s)");
+    }
+  }
+  if (problem.empty()) {
     const cudaError_t set_rc = cudaSetDevice(device_);
     if (set_rc != cudaSuccess) {
-      problem = detail::cuda_error_message(set_rc, "cudaSetDevice(local_rank)", __FILE__, __LINE__);
+      problem = detail::cuda_error_message(set_rc, "cudaSetDevice", __FILE__, __LINE__);
     }
   }
   const int mine_bad = problem.empty() ? 0 : 1;
@@ -439,7 +475,10 @@ NcclCommunicator::NcclCommunicator(MpiContext& mpi, void* compute_stream,
   DeviceGuard guard(device_);
   state_ = std::make_shared<State>(device_, rank_, size_, static_cast<cudaStream_t>(compute_stream),
                                    options.timeout_s, describe());
-  state_->comm = std::make_unique<NcclComm>(size_, start.id, rank_);
+  NcclInitWork init(device_, size_, start.id, rank_,
+                    detail::concat("ncclCommInitRank on ", describe()));
+  wait_or_abort(init, options.timeout_s, "NCCL initialisation");
+  state_->comm = std::make_unique<NcclComm>(init.comm());
   spdlog::debug("{} ready (NCCL {})", describe(), NCCL_VERSION_CODE);
 }
 

@@ -6,7 +6,8 @@
 // void* (a cudaStream_t).
 //
 // Set-up: rank 0 creates the NCCL unique id and broadcasts it over MPI_COMM_WORLD; each rank uses
-// device local_rank (cudaSetDevice) and one NCCL communicator over all ranks.
+// the device it is given (cudaSetDevice; by default local_rank % visible devices) and one NCCL
+// communicator over all ranks. ncclCommInitRank is bounded by timeout_s (wait_or_abort).
 // Streams: collectives run on the communicator's own non-blocking stream, which first waits (via a
 // cudaEvent) for everything already queued on the compute stream, so they see finished tensors.
 // Work::wait() blocks the host until the collective's completion event has fired; it polls, so it
@@ -32,17 +33,19 @@ class MpiContext;
 struct NcclCommunicatorOptions {
   // Work::wait(), allgather() and barrier() give up after this long: abort the NCCL communicator
   // and throw CommError. The destructor waits this long for unfinished collectives, then aborts.
-  double timeout_s = 600.0;
+  // NCCL initialisation is bounded by it too. ProcessGroups passes dist.comm_timeout_s.
+  double timeout_s = 300.0;
 };
 
 class NcclCommunicator final : public Communicator {
  public:
-  // Collective over MPI_COMM_WORLD: every rank constructs it at the same point. `compute_stream`
-  // is the cudaStream_t that produces the tensors; nullptr means the legacy default stream (the
-  // only one there is with a CPU-only LibTorch). Throws CommError when this rank has no GPU
-  // (local_rank >= device count; then every rank throws, naming the ranks without one) or NCCL
-  // cannot start.
-  explicit NcclCommunicator(MpiContext& mpi, void* compute_stream = nullptr,
+  // Collective over MPI_COMM_WORLD: every rank constructs it at the same point. `device` is the
+  // CUDA device index of this rank (-1: local_rank % visible devices). `compute_stream` is the
+  // cudaStream_t that produces the tensors; nullptr means the legacy default stream (the only one
+  // there is with a CPU-only LibTorch). Throws CommError when a rank has no usable GPU (then every
+  // rank throws, naming the ranks without one) or NCCL cannot start; aborts the job when NCCL's
+  // initialisation does not finish within options.timeout_s.
+  explicit NcclCommunicator(MpiContext& mpi, int device = -1, void* compute_stream = nullptr,
                             NcclCommunicatorOptions options = {});
   ~NcclCommunicator() override;
 

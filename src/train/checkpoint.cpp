@@ -31,7 +31,8 @@ torch::serialize::InputArchive open_archive(const fs::path& path) {
   }
   torch::serialize::InputArchive archive;
   try {
-    archive.load_from(path.string());
+    // Onto the CPU whatever device wrote it: a GPU run's checkpoint opens in a CPU-only build.
+    archive.load_from(path.string(), torch::Device(torch::kCPU));
   } catch (const c10::Error& e) {
     throw CheckpointError("checkpoint " + path.string() + " cannot be read (truncated or not a "
                           "fer-dist checkpoint): " + e.what_without_backtrace());
@@ -99,6 +100,78 @@ void check_module_entries(const torch::nn::Module& module, torch::serialize::Inp
     check_module_entries(*child.value(), child_archive, prefix + child.key() + ".", problems);
   }
 }
+
+// Module::save, with a CPU copy of every tensor (the same names and nesting).
+void save_module_on_cpu(const torch::nn::Module& module, torch::serialize::OutputArchive& archive) {
+  for (const auto& p : module.named_parameters(/*recurse=*/false)) {
+    archive.write(p.key(), p.value().detach().to(torch::kCPU), /*is_buffer=*/false);
+  }
+  for (const auto& b : module.named_buffers(/*recurse=*/false)) {
+    archive.write(b.key(), b.value().to(torch::kCPU), /*is_buffer=*/true);
+  }
+  for (const auto& child : module.named_children()) {
+    torch::serialize::OutputArchive child_archive(archive.compilation_unit());
+    save_module_on_cpu(*child.value(), child_archive);
+    archive.write(child.key(), child_archive);
+  }
+}
+
+std::string state_key(const torch::Tensor& param) {
+  return c10::guts::to_string(param.unsafeGetTensorImpl());
+}
+
+// Copies Adam/AdamW per-parameter state from `from` (over from_params) to `to` (over to_params,
+// index by index), each tensor moved to its destination parameter's device.
+template <typename State>
+void copy_param_states(torch::optim::Optimizer& from, const std::vector<torch::Tensor>& from_params,
+                       torch::optim::Optimizer& to, const std::vector<torch::Tensor>& to_params) {
+  to.state().clear();
+  for (std::size_t i = 0; i < from_params.size(); ++i) {
+    const auto it = from.state().find(state_key(from_params[i]));
+    if (it == from.state().end()) continue;  // no step taken yet
+    const auto& s = static_cast<const State&>(*it->second);
+    const torch::Device device = to_params[i].device();
+    auto copy = std::make_unique<State>();
+    copy->step(s.step());
+    copy->exp_avg(s.exp_avg().to(device));
+    copy->exp_avg_sq(s.exp_avg_sq().to(device));
+    if (s.max_exp_avg_sq().defined()) copy->max_exp_avg_sq(s.max_exp_avg_sq().to(device));
+    to.state()[state_key(to_params[i])] = std::move(copy);
+  }
+}
+
+// An optimizer of the same kind and options as `live` over `params` (one group, as the trainer
+// builds), holding `live`'s state moved to the devices of `params` (copy_to_twin), or the other
+// way round (copy_from_twin).
+struct OptimizerTwin {
+  std::unique_ptr<torch::optim::Optimizer> twin;
+  bool adamw = false;
+
+  OptimizerTwin(torch::optim::Optimizer& live, const std::vector<torch::Tensor>& params) {
+    if (live.param_groups().size() != 1) {
+      throw CheckpointError("checkpoints hold optimizers with one parameter group");
+    }
+    auto options = live.param_groups()[0].options().clone();
+    std::vector<torch::optim::OptimizerParamGroup> groups{
+        torch::optim::OptimizerParamGroup(params, std::move(options))};
+    if (dynamic_cast<torch::optim::AdamW*>(&live)) {
+      adamw = true;
+      twin = std::make_unique<torch::optim::AdamW>(groups);
+    } else if (dynamic_cast<torch::optim::Adam*>(&live)) {
+      twin = std::make_unique<torch::optim::Adam>(groups);
+    } else {
+      throw CheckpointError("checkpoints hold Adam or AdamW optimizers only");
+    }
+  }
+  void copy(torch::optim::Optimizer& from, const std::vector<torch::Tensor>& from_params,
+            torch::optim::Optimizer& to, const std::vector<torch::Tensor>& to_params) const {
+    if (adamw) {
+      copy_param_states<torch::optim::AdamWParamState>(from, from_params, to, to_params);
+    } else {
+      copy_param_states<torch::optim::AdamParamState>(from, from_params, to, to_params);
+    }
+  }
+};
 
 CheckpointMeta read_meta(torch::serialize::InputArchive& archive, const fs::path& path) {
   c10::IValue value;
@@ -211,11 +284,16 @@ void save_checkpoint(const fs::path& path, ResNet9& model, torch::optim::Optimiz
   try {
     torch::serialize::OutputArchive archive;
     torch::serialize::OutputArchive model_archive;
-    model->save(model_archive);
+    save_module_on_cpu(*model, model_archive);
     archive.write(kModelKey, model_archive);
     if (optimizer) {
+      const std::vector<torch::Tensor> live_params = optimizer->param_groups()[0].params();
+      std::vector<torch::Tensor> cpu_params;
+      for (const auto& p : live_params) cpu_params.push_back(p.detach().to(torch::kCPU));
+      OptimizerTwin cpu(*optimizer, cpu_params);
+      cpu.copy(*optimizer, live_params, *cpu.twin, cpu_params);
       torch::serialize::OutputArchive optimizer_archive;
-      optimizer->save(optimizer_archive);
+      cpu.twin->save(optimizer_archive);
       archive.write(kOptimizerKey, optimizer_archive);
     }
     archive.write(kMetaKey, c10::IValue(meta.to_json()));
@@ -274,12 +352,22 @@ void load_checkpoint_into(const fs::path& path, ResNet9& model, torch::optim::Op
                                 std::to_string(problems.size()) + " mismatch(es): " + list + ")",
                             "the file is corrupt or was not written by this fer-dist version");
     }
+    // Loaded into a CPU twin, then copied into the model on its own device: LibTorch's
+    // Module::load would move a parameter to the archive's device (set_data) instead.
     torch::NoGradGuard no_grad;
-    model->load(model_archive);
+    ResNet9 staging(model->options());
+    staging->load(model_archive);
+    const auto from_params = staging->parameters(), to_params = model->parameters();
+    for (std::size_t i = 0; i < to_params.size(); ++i) to_params[i].copy_(from_params[i]);
+    const auto from_buffers = staging->buffers(), to_buffers = model->buffers();
+    for (std::size_t i = 0; i < to_buffers.size(); ++i) to_buffers[i].copy_(from_buffers[i]);
     if (optimizer) {
       torch::serialize::InputArchive optimizer_archive;
       archive.read(kOptimizerKey, optimizer_archive);
-      optimizer->load(optimizer_archive);
+      const std::vector<torch::Tensor> live_params = optimizer->param_groups()[0].params();
+      OptimizerTwin cpu(*optimizer, from_params);
+      cpu.twin->load(optimizer_archive);
+      cpu.copy(*cpu.twin, from_params, *optimizer, live_params);
     }
   } catch (const c10::Error& e) {
     throw CheckpointError("cannot load " + path.string() + ": " + e.what_without_backtrace());

@@ -4,6 +4,11 @@
 // A checkpoint is self-contained for inference: besides model and optimizer state it carries the
 // classes, normalization, image shape and model options (CheckpointMeta), so fer-predict needs
 // nothing else. Dropout randomness is derived from (seed, step), so no RNG state is stored.
+//
+// Device-neutral (DESIGN.md "Checkpoints and outputs"): every tensor is saved as a CPU copy, and
+// files are read onto the CPU, then copied into the model and optimizer on THEIR devices. So a
+// checkpoint written by a GPU run opens in a CPU-only build, and on resume every rank's weights
+// and Adam state land on that rank's own device.
 #pragma once
 
 #include <cstdint>
@@ -59,8 +64,9 @@ CheckpointMeta read_checkpoint_meta(const std::filesystem::path& path);
 // Builds the model described by the checkpoint and loads its weights (CPU).
 ResNet9 load_checkpoint_model(const std::filesystem::path& path, CheckpointMeta* meta);
 
-// Loads weights (+ optimizer state) into existing objects of the same architecture; checks that
-// parameter names and shapes match first. Throws CheckpointError.
+// Loads weights (+ optimizer state) into existing objects of the same architecture, on whatever
+// device they live (they stay there); checks that parameter names and shapes match first. The
+// optimizer must be Adam or AdamW with one parameter group. Throws CheckpointError.
 void load_checkpoint_into(const std::filesystem::path& path, ResNet9& model,
                           torch::optim::Optimizer* optimizer, CheckpointMeta* meta);
 

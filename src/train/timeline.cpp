@@ -1,54 +1,32 @@
 #include "train/timeline.h"
 
 #include <spdlog/spdlog.h>
-#include <torch/torch.h>
 
 #include <algorithm>
 #include <string>
 #include <vector>
 
-#include "common/errors.h"
 #include "common/fs_util.h"
 #include "common/trace.h"
-#include "dist/communicator.h"
-#include "dist/mpi_context.h"
+#include "dist/planes.h"
 
 namespace fs = std::filesystem;
 
 namespace fer {
-namespace {
-
-// A max all-reduce that cannot hang (the trainer's pattern: wait with the timeout, then abort).
-void max_over_ranks(Communicator& comm, at::Tensor& t, double timeout_s, const char* what) {
-  auto work = comm.allreduce_async(t, ReduceOp::kMax);
-  if (!work->wait_for(timeout_s)) {
-    abort_job(static_cast<int>(ExitCode::kComm),
-              std::string(what) + " timed out after " + std::to_string(timeout_s) +
-                  " s: " + work->describe() + " (another rank died or hangs)");
-  }
-  work->wait();
-}
-
-}  // namespace
-
-Timeline::Timeline(const TimelineOptions& options, const fs::path& run_dir, Communicator* comm,
-                   double timeout_s)
+Timeline::Timeline(const TimelineOptions& options, const fs::path& run_dir, ControlPlane& control)
     : path_(options.path.empty() ? run_dir / "timeline.json" : options.path),
       run_dir_(run_dir),
-      comm_(comm),
-      timeout_s_(timeout_s),
-      rank_(comm ? comm->rank() : 0),
-      world_(comm ? comm->size() : 1),
+      control_(control),
+      rank_(control.rank()),
+      world_(control.size()),
       enabled_(!options.path.empty()),
       first_step_(options.first_step),
       steps_(options.steps) {
-  if (comm_ && world_ > 1) {
-    at::Tensor agreed = torch::tensor({std::int64_t{enabled_}, first_step_, steps_}, torch::kInt64);
-    max_over_ranks(*comm_, agreed, timeout_s_, "timeline agreement all-reduce");
-    enabled_ = agreed[0].item<std::int64_t>() != 0;
-    first_step_ = agreed[1].item<std::int64_t>();
-    steps_ = agreed[2].item<std::int64_t>();
-  }
+  std::vector<std::int64_t> agreed{std::int64_t{enabled_}, first_step_, steps_};
+  control_.allreduce(agreed, ReduceOp::kMax, "timeline agreement");
+  enabled_ = agreed[0] != 0;
+  first_step_ = agreed[1];
+  steps_ = agreed[2];
   // Every rank leaves the all-reduce at about the same time: a common origin for all timelines.
   trace::reset_clock();
   enabled_ = enabled_ && steps_ > 0;
@@ -100,10 +78,7 @@ void Timeline::write() {
     spdlog::warn("timeline: {} spans past the buffer of {} were dropped", recording.dropped,
                  recording.events.size());
   }
-  if (comm_ && world_ > 1) {  // every rank's part is on disk
-    at::Tensor done = torch::zeros({1}, torch::kInt64);
-    max_over_ranks(*comm_, done, timeout_s_, "timeline barrier");
-  }
+  control_.barrier("timeline barrier (every rank's part is on disk)");
   if (rank_ != 0) return;
   std::vector<std::string> parts;
   for (int r = 0; r < world_; ++r) {

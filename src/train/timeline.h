@@ -15,7 +15,7 @@
 
 namespace fer {
 
-class Communicator;
+class ControlPlane;
 
 struct TimelineOptions {
   std::filesystem::path path;    // merged trace, written by rank 0; empty = no timeline
@@ -27,11 +27,11 @@ class Timeline {
  public:
   static constexpr std::size_t kEventsPerStep = 512;  // buffer per recorded step (ResNet9: ~50)
 
-  // Collective (every rank, at the same point): the ranks agree on the options (recording if any
-  // rank asked; the largest first_step and steps) and line up their clocks. `comm` may be null
-  // (one process). A collective that exceeds timeout_s aborts the job.
-  Timeline(const TimelineOptions& options, const std::filesystem::path& run_dir, Communicator* comm,
-           double timeout_s);
+  // Collective (every rank, at the same point, on the control plane): the ranks agree on the
+  // options (recording if any rank asked; the largest first_step and steps) and line up their
+  // clocks.
+  Timeline(const TimelineOptions& options, const std::filesystem::path& run_dir,
+           ControlPlane& control);
   ~Timeline();
   Timeline(const Timeline&) = delete;
   Timeline& operator=(const Timeline&) = delete;
@@ -48,8 +48,7 @@ class Timeline {
 
   std::filesystem::path path_;
   std::filesystem::path run_dir_;
-  Communicator* comm_;
-  double timeout_s_;
+  ControlPlane& control_;
   int rank_ = 0;
   int world_ = 1;
   bool enabled_ = false;

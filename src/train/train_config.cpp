@@ -65,6 +65,7 @@ void DistConfig::describe(ConfigSchema& s) {
   s.field("bucket_mb", &bucket_mb);
   s.field("overlap", &overlap);
   s.field("comm_timeout_s", &comm_timeout_s);
+  s.field("force_collectives", &force_collectives);
 }
 
 void TrainConfig::describe(ConfigSchema& s) {

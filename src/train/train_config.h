@@ -77,6 +77,7 @@ struct DistConfig {
   double bucket_mb = 25.0;       // gradient bucket cap, MiB
   bool overlap = true;           // all-reduce buckets during backward
   double comm_timeout_s = 300;   // a collective slower than this aborts the job
+  bool force_collectives = false;  // test switch: communicate (GradSync, SyncBN) even at world 1
   void describe(ConfigSchema& s);
 };
 

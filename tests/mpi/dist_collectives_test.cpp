@@ -27,15 +27,16 @@
 #include "dist/mpi_check.h"
 #include "dist/mpi_communicator.h"
 #include "dist/mpi_context.h"
+#include "mpi_test_env.h"
 
 namespace fer {
+
+MpiContext* g_mpi = nullptr;  // created once in main()
 
 // For gtest's messages: "avg" rather than "4-byte object <01-00 00-00>" (found by ADL, so in fer).
 void PrintTo(ReduceOp op, std::ostream* os) { *os << to_string(op); }
 
 namespace {
-
-MpiContext* g_mpi = nullptr;  // created once in main()
 
 constexpr int64_t kLarge = 1000003;  // odd, and larger than a gradient bucket's first chunk
 

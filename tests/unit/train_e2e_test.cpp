@@ -145,8 +145,9 @@ TEST_F(TrainerE2E, StreamLoaderTrainsAndResumesToTheSameWeightsAndMetrics) {
   EXPECT_NE(read_file(path("full") / "config.yaml").find("stream"), std::string::npos);
 }
 
-// Preemption (SIGUSR1, raised by fault injection before step 10, in the middle of epoch 1): the
-// run writes the checkpoint of step 10 and exits 75; the resumed run ends with the weights, the
+// Preemption (SIGUSR1, raised by fault injection before step 10, in the middle of epoch 1): every
+// rank learns of it in step 10's control all-reduce, finishes that step, writes the checkpoint of
+// step 11 and exits 75; the resumed run ends with the weights, the
 // metrics (the interrupted epoch's train loss and accuracy included) and the test result of an
 // uninterrupted run, to the bit.
 TEST_F(TrainerE2E, PreemptedMidEpochExitsSeventyFiveAndResumesToTheSameWeightsAndMetrics) {
@@ -155,14 +156,14 @@ TEST_F(TrainerE2E, PreemptedMidEpochExitsSeventyFiveAndResumesToTheSameWeightsAn
   auto first = run_command("FER_FAULT_INJECT=kind:preempt,step:10 " +
                            train(path("tiny.yaml"), path("data"), path("pre")));
   ASSERT_EQ(first.exit_code, 75) << first.output;
-  EXPECT_NE(first.output.find("checkpoint written at step 10"), std::string::npos)
+  EXPECT_NE(first.output.find("checkpoint written at step 11"), std::string::npos)
       << first.output;
   const CheckpointMeta saved =
-      read_checkpoint_meta(path("pre") / "checkpoints" / checkpoint_file_name(10));
+      read_checkpoint_meta(path("pre") / "checkpoints" / checkpoint_file_name(11));
   EXPECT_EQ(saved.epoch, 1);
-  EXPECT_EQ(saved.step_in_epoch, 3);
-  EXPECT_EQ(saved.epoch_loss_steps, 3);
-  EXPECT_EQ(saved.epoch_seen, 3 * 16);
+  EXPECT_EQ(saved.step_in_epoch, 4);
+  EXPECT_EQ(saved.epoch_loss_steps, 4);
+  EXPECT_EQ(saved.epoch_seen, 4 * 16);
   auto rest = run_command(train(path("tiny.yaml"), path("data"), path("pre"), "--resume auto"));
   ASSERT_EQ(rest.exit_code, 0) << rest.output;
   EXPECT_NE(rest.output.find("resuming from"), std::string::npos) << rest.output;

@@ -1,0 +1,42 @@
+// Evaluation of a model on a split (DESIGN.md "Sampling and augmentation": each rank evaluates a
+// disjoint part; counts and losses are summed over ranks on the control plane).
+#pragma once
+
+#include <nlohmann/json_fwd.hpp>
+
+#include <string>
+#include <vector>
+
+#include "model/resnet9.h"
+#include "train/metrics.h"
+
+namespace fer {
+
+class ControlPlane;
+class EvalLoader;
+struct Batch;
+struct Manifest;
+
+struct EvalResult {
+  double loss = 0.0;  // mean cross-entropy over the evaluated samples
+  ConfusionMatrix confusion;
+  explicit EvalResult(int k) : confusion(k) {}
+};
+
+// [size, C, H, W] float32 images and [size] int64 labels of a loader batch, on `device` (no copy
+// on the CPU: views of the batch's buffers, valid while the batch is).
+torch::Tensor batch_images(Batch& batch, const Manifest& m, const torch::Device& device);
+torch::Tensor batch_labels(Batch& batch, const torch::Device& device);
+
+// Loss and confusion matrix of the samples `loader` yields (this rank's part of a split), in eval
+// mode without gradients.
+EvalResult evaluate(ResNet9& model, EvalLoader& loader, const Manifest& m,
+                    const torch::Device& device);
+
+// Sums a rank's evaluation over all ranks (collective on the control plane): the whole split's.
+void reduce_eval(EvalResult* r, ControlPlane& control);
+
+// {loss, accuracy, macro_f1, count, per_class: {name: {precision, recall, f1}}, confusion}
+nlohmann::json eval_json(const EvalResult& r, const std::vector<std::string>& classes);
+
+}  // namespace fer
