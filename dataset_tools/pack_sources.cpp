@@ -7,6 +7,7 @@
 
 #include "common/errors.h"
 #include "fer2013_csv.h"
+#include "image/image_io.h"
 #include "image_folder.h"
 
 namespace fs = std::filesystem;

@@ -11,7 +11,7 @@
 #include "common/errors.h"
 #include "common/fs_util.h"
 #include "data/augment.h"
-#include "image_folder.h"
+#include "image/image_io.h"
 #include "model/resnet9.h"
 #include "train/checkpoint.h"
 #include "train/device.h"
@@ -119,8 +119,8 @@ std::vector<ImageResult> Predictor::predict(const std::vector<fs::path>& images)
       result.error = e.what();
       continue;
     }
-    const cv::Mat image = tools::decode_to_channels(
-        reinterpret_cast<const std::uint8_t*>(bytes.data()), bytes.size(), c, &result.error);
+    const cv::Mat image = decode_to_channels(reinterpret_cast<const std::uint8_t*>(bytes.data()),
+                                             bytes.size(), c, &result.error);
     if (image.empty()) continue;
     result.ok = true;
     result.width = image.cols;
@@ -148,8 +148,7 @@ std::vector<ImageResult> Predictor::predict(const std::vector<fs::path>& images)
     }
     for (const cv::Rect& box : boxes) {
       // Continuous HWC bytes for the normalizer (a resize to the same size returns a view).
-      const cv::Mat face =
-          tools::resize_like_pack(crop_with_margin(image, box, margin), w, h).clone();
+      const cv::Mat face = resize_like_pack(crop_with_margin(image, box, margin), w, h).clone();
       batch.resize(batch.size() + face_floats);
       s.normalizer->apply(face.ptr<std::uint8_t>(0), h, w,
                           batch.data() + batch.size() - face_floats);
@@ -181,7 +180,7 @@ std::vector<fs::path> collect_images(const std::vector<std::string>& arguments) 
         if (it->is_directory(ec)) it.disable_recursion_pending();
         continue;
       }
-      if (it->is_regular_file(ec) && tools::has_image_extension(it->path())) {
+      if (it->is_regular_file(ec) && has_image_extension(it->path())) {
         found.push_back(it->path());
       }
     }

@@ -19,7 +19,7 @@
 
 #include "common/fs_util.h"
 #include "data/augment.h"
-#include "image_folder.h"
+#include "image/image_io.h"
 #include "synth_face.h"
 #include "test_util.h"
 #include "train/checkpoint.h"
@@ -221,7 +221,7 @@ TEST_F(FerPredict, NoDetectClassifiesTheWholePicturePreprocessedLikeTraining) {
   ResNet9 model = load_checkpoint_model(tmp_->path() / "model.pt", &meta);
   std::vector<std::uint8_t> pixels(48 * 48);
   std::string reason;
-  ASSERT_TRUE(tools::decode_image_file(tmp_->path() / "crop.png", 48, 1, pixels.data(), &reason));
+  ASSERT_TRUE(decode_image_file(tmp_->path() / "crop.png", 48, 1, pixels.data(), &reason));
   std::vector<float> input(48 * 48);
   Normalizer(1, meta.mean.data(), meta.std.data()).apply(pixels.data(), 48, 48, input.data());
   torch::NoGradGuard no_grad;

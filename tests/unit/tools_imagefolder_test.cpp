@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "common/errors.h"
+#include "image/image_io.h"
 #include "image_folder.h"
 
 namespace fer::tools {

@@ -16,7 +16,7 @@
 #include "common/errors.h"
 #include "common/fs_util.h"
 #include "data/dataset.h"
-#include "image_folder.h"
+#include "image/image_io.h"
 #include "pack.h"
 #include "test_util.h"
 
