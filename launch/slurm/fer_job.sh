@@ -11,6 +11,8 @@
 #   FER_DEVICE     --device of fer-dist-train (the .sbatch sets cpu or cuda)
 #   FER_LAUNCHER   auto | srun | mpirun (auto: srun --mpi=pmix when Slurm has PMIx, else mpirun)
 #   FER_NO_REQUEUE set to 1 to end a preempted job with exit 75 instead of requeueing it
+#   FER_DRY_RUN    set to 1 to print "fer_job: dry run: COMMAND" and exit 0, writing nothing
+#                  (tests/docs/check_examples.sh runs COMMAND with --validate-only)
 #
 # Preemption: Slurm sends SIGUSR1 (sbatch --signal=B:USR1@T, T seconds before the time limit) or
 # SIGTERM (preemption, scancel) to this script; it forwards the signal to the launcher, which
@@ -35,7 +37,7 @@ root=${FER_ROOT:-${SLURM_SUBMIT_DIR:-$PWD}}
 bin=${FER_BIN:-$root/build/bin/fer-dist-train}
 job=${SLURM_JOB_ID:-nojob}
 try=${SLURM_RESTART_COUNT:-0}
-mkdir -p "$run_dir/logs" || exit 4
+[[ "${FER_DRY_RUN:-0}" == 1 ]] || mkdir -p "$run_dir/logs" || exit 4
 log="$run_dir/logs/slurm-$job-try$try.log"
 
 say() {  # to the job's output file and to the run folder's log
@@ -66,6 +68,7 @@ cmd+=("$bin" --config "$config" --data "$data" --out "$run_dir" --resume auto
       --threads "$OMP_NUM_THREADS")
 [[ -n "${FER_DEVICE:-}" ]] && cmd+=(--device "$FER_DEVICE")
 cmd+=("$@")
+if [[ "${FER_DRY_RUN:-0}" == 1 ]]; then echo "fer_job: dry run: $(printf '%q ' "${cmd[@]}")"; exit 0; fi
 
 child=0
 signalled=0
