@@ -19,6 +19,7 @@ packages=(
   libgtest-dev googletest
   slurm-wlm munge                     # the sbatch scripts are tested on a local one-node Slurm
   clang libclang-rt-14-dev            # ASan/UBSan + libFuzzer targets (tests/fuzz, FER_FUZZ=ON)
+  dataset-fashion-mnist               # real images for the SyncBN tests (tests/unit/real_images.h)
 )
 if [[ "${1:-}" == "--bench" ]]; then
   packages+=(python3-torch python3-torchvision python3-h5py python3-pil python3-numpy time bc)
