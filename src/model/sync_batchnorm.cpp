@@ -13,7 +13,6 @@ using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
 constexpr auto kStatsType = torch::kDouble;    // dtype of the statistics and of both all-reduces
-constexpr char kCountKey[] = "count";          // saved_data: global element count per channel
 constexpr char kAllReduceKey[] = "allreduce";  // saved_data: capsule holding the AllReduceSum
 
 // Dtype of the elementwise work: the input's, except float32 for 16-bit floats.
@@ -45,10 +44,64 @@ OptionalTensor optional(const torch::Tensor& t) {
   return t.defined() ? OptionalTensor(t) : c10::nullopt;
 }
 
+// Layout of the forward packet, [3C + 1] float64, summed over ranks:
+//   [0]              n_r                      element count per channel
+//   [1, C + 1)       n_r * mean_r             -> global sum
+//   [C + 1, 2C + 1)  n_r * mean_r^2           -> between-rank part of M2 (Chan)
+//   [2C + 1, 3C + 1) M2_r = n_r * var_r       -> within-rank part of M2
+// Global: N = sum n_r, mean = sum(n_r mean_r) / N,
+//         M2 = sum M2_r + (sum n_r mean_r^2 - N mean^2)   (Chan et al.'s pairwise update, all ranks
+//         at once). The within-rank parts never meet a mean^2: no cancellation there; the
+//         between-rank part is formed in float64 (its error is ~1e-16 * mean^2 / var relative).
+// Every n_r * x product is exact in float64 for float32 x and n_r < 2^29, so for a world of 1
+// mean and var come back bit for bit as the local ones.
+struct GlobalStats {
+  torch::Tensor count;   // [1] float64, N (on the input's device)
+  torch::Tensor mean;    // [C] float64
+  torch::Tensor var;     // [C] float64, biased (M2 / N)
+  torch::Tensor invstd;  // [C] float64, 1 / sqrt(var + eps)
+};
+
+torch::Tensor pack_local_stats(const torch::Tensor& x, int64_t channels, int64_t local_count) {
+  torch::Tensor stats = torch::zeros({3 * channels + 1}, x.options().dtype(kStatsType));
+  if (local_count == 0) return stats;  // an empty local batch adds nothing
+  // aten's batch norm statistics kernel: per channel, a float64 sum for the mean, then the
+  // centred sum of squares around it (two passes, no cancellation); one call, any device.
+  torch::Tensor mean, var;  // var is the biased variance
+  std::tie(mean, var) = at::batch_norm_update_stats(x, {}, {}, 0.0);
+  const double n = static_cast<double>(local_count);
+  const auto mean64 = mean.to(kStatsType);
+  stats.slice(0, 0, 1).fill_(n);
+  stats.slice(0, 1, channels + 1).copy_(mean64 * n);
+  stats.slice(0, channels + 1, 2 * channels + 1).copy_(mean64.square() * n);
+  stats.slice(0, 2 * channels + 1, 3 * channels + 1).copy_(var.to(kStatsType) * n);
+  return stats;
+}
+
+GlobalStats global_stats(const torch::Tensor& stats, int64_t channels, double eps) {
+  GlobalStats g;
+  g.count = stats.slice(0, 0, 1);
+  g.mean = stats.slice(0, 1, channels + 1) / g.count;
+  const auto between = stats.slice(0, channels + 1, 2 * channels + 1) - g.mean.square() * g.count;
+  const auto m2 = (stats.slice(0, 2 * channels + 1, 3 * channels + 1) + between).clamp_min(0);
+  g.var = m2 / g.count;
+  g.invstd = (g.var + eps).rsqrt();
+  return g;
+}
+
 // Batch norm over the global batch. Inputs: input [N, C, ...], weight/bias [C] or absent,
 // running_mean/running_var [C] (updated in place) or absent, eps, the running-average factor,
-// the all-reduce (empty: world of 1). Backward follows aten's batch_norm backward (training) with
-// the two per-channel reductions summed over ranks.
+// the all-reduce (empty: world of 1).
+//
+// The elementwise work is done by aten's own batch norm kernels, fed the global statistics, so a
+// world of 1 reproduces torch::nn::BatchNorm2d bit for bit (see the header on why that matters):
+//   forward  = aten's inference kernel with running_mean = mean, running_var = 1, eps = 0 and
+//              weight = invstd * w: its per-channel alpha = invstd * w and beta = b - mean * alpha
+//              are exactly the ones its training path forms (CPU: y = x * alpha + beta; CUDA:
+//              y = (x - mean) * alpha + b);
+//   backward = aten's training backward on the local batch (centred: (x - mean) * k, never
+//              a * x - c), plus the exact per-channel difference between the global and the local
+//              projection, which is zero in a world of 1.
 class SyncBatchNormFunction : public torch::autograd::Function<SyncBatchNormFunction> {
  public:
   static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& input,
@@ -64,52 +117,44 @@ class SyncBatchNormFunction : public torch::autograd::Function<SyncBatchNormFunc
     const int64_t local_count = channels > 0 ? input.numel() / channels : 0;
     const torch::Tensor x = input.to(compute_type(input));  // no copy unless 16-bit
 
-    // [sum | sum of squares | count] over this rank's batch. Local moments come from aten's batch
-    // norm statistics kernel (one pass, ~2.5x faster than var_mean over dims 0, 2, 3 on CPU);
-    // the sums are formed in float64 (see the header on precision).
-    torch::Tensor stats = torch::zeros({2 * channels + 1}, x.options().dtype(kStatsType));
-    if (local_count > 0) {
-      torch::Tensor mean, var;  // var is the biased variance
-      std::tie(mean, var) = at::batch_norm_update_stats(x, {}, {}, 0.0);
-      const auto mean64 = mean.to(kStatsType);
-      stats.slice(0, 0, channels).copy_(mean64 * static_cast<double>(local_count));
-      stats.slice(0, channels, 2 * channels)
-          .copy_((var.to(kStatsType) + mean64.square()) * static_cast<double>(local_count));
-      stats[2 * channels].fill_(static_cast<double>(local_count));
-    }
+    torch::Tensor stats = pack_local_stats(x, channels, local_count);
     if (allreduce) allreduce(stats);
 
-    // Every rank reads the same all-reduced count, so they all pass or all throw (no hang).
-    const double count = stats[2 * channels].item<double>();  // a host sync on CUDA
-    TORCH_CHECK(count > 1,
-                "SyncBatchNorm2d: expected more than 1 value per channel when training, got ",
-                count, " over all ranks");
-    const auto mean = stats.slice(0, 0, channels) / count;
-    const auto var = (stats.slice(0, channels, 2 * channels) / count - mean.square()).clamp_min(0);
-    const auto invstd = (var + eps).rsqrt();
+    // N > local count whenever this rank holds 2 or more values per channel, so only a rank with
+    // at most one reads N on the host; if N <= 1 every rank holds at most one, so every rank
+    // reads and throws alike (no rank is left waiting in a collective).
+    if (local_count <= 1) {
+      const double count = stats[0].item<double>();
+      TORCH_CHECK(count > 1,
+                  "SyncBatchNorm2d: expected more than 1 value per channel when training, got ",
+                  count, " over all ranks");
+    }
+    const GlobalStats g = global_stats(stats, channels, eps);
+    // The statistics as the kernels take them (float32 for float32 input), rounded once.
+    const auto mean = g.mean.to(x.scalar_type());
+    const auto invstd = g.invstd.to(x.scalar_type());
 
     if (running_mean.defined()) {
       // Same arithmetic on every rank from the same numbers: identical running statistics.
-      const auto unbiased = var * (count / (count - 1));
-      running_mean.copy_(running_mean.to(kStatsType) * (1 - momentum) + mean * momentum);
+      torch::NoGradGuard no_grad;
+      const auto unbiased = g.var * (g.count / (g.count - 1));
+      running_mean.copy_(running_mean.to(kStatsType) * (1 - momentum) + g.mean * momentum);
       running_var.copy_(running_var.to(kStatsType) * (1 - momentum) + unbiased * momentum);
     }
 
-    // y = (x - mean) * invstd * w + b by aten's batch norm kernel in inference mode, given the
-    // global statistics (one vectorized pass).
-    // (aten's kernel divides by the local count: a rank with an empty batch skips it.)
-    auto out = local_count == 0
-                   ? torch::empty_like(x)
-                   : std::get<0>(at::native_batch_norm(
-                         x, weight.defined() ? OptionalTensor(weight.to(x.scalar_type()))
-                                             : c10::nullopt,
-                         bias.defined() ? OptionalTensor(bias.to(x.scalar_type())) : c10::nullopt,
-                         OptionalTensor(mean.to(x.scalar_type())),
-                         OptionalTensor(var.to(x.scalar_type())),
-                         /*training=*/false, /*momentum=*/0.0, eps));
+    torch::Tensor out;
+    if (local_count == 0) {
+      out = torch::empty_like(x);
+    } else {
+      const auto alpha = weight.defined() ? invstd * weight.to(x.scalar_type()) : invstd;
+      out = std::get<0>(at::native_batch_norm(
+          x, OptionalTensor(alpha),
+          bias.defined() ? OptionalTensor(bias.to(x.scalar_type())) : c10::nullopt,
+          OptionalTensor(mean), OptionalTensor(torch::ones_like(mean)), /*training=*/false,
+          /*momentum=*/0.0, /*eps=*/0.0));
+    }
 
-    ctx->save_for_backward({input, weight, mean, invstd});
-    ctx->saved_data[kCountKey] = count;
+    ctx->save_for_backward({input, weight, mean, invstd, g.count});
     ctx->saved_data[kAllReduceKey] =
         at::IValue::make_capsule(c10::make_intrusive<AllReduceHolder>(allreduce));
     return out.to(input.scalar_type());
@@ -119,39 +164,42 @@ class SyncBatchNormFunction : public torch::autograd::Function<SyncBatchNormFunc
     const auto saved = ctx->get_saved_variables();
     const torch::Tensor& input = saved[0];
     const torch::Tensor& weight = saved[1];
-    const torch::Tensor& mean = saved[2];    // [C] float64, global
-    const torch::Tensor& invstd = saved[3];  // [C] float64, global
-    const double count = ctx->saved_data[kCountKey].toDouble();
+    const torch::Tensor& mean = saved[2];    // [C] compute dtype, global
+    const torch::Tensor& invstd = saved[3];  // [C] compute dtype, global
+    const torch::Tensor& count = saved[4];   // [1] float64, global N
     const auto holder = c10::static_intrusive_pointer_cast<AllReduceHolder>(
         ctx->saved_data[kAllReduceKey].toCapsule());
 
     const int64_t channels = input.size(1);
+    const int64_t local_count = channels > 0 ? input.numel() / channels : 0;
     const auto type = compute_type(input);
     const torch::Tensor x = input.to(type);
     const torch::Tensor dy = grads[0].to(type);
-    // [sum(dy) | sum(dy * (x - mean))] over this rank's batch by aten's batch norm backward
-    // reduction (one pass): in training mode with invstd = 1 its grad_weight is exactly
-    // sum(dy * (x - mean)) and its grad_bias sum(dy). Then summed over all ranks.
-    torch::Tensor sums = torch::zeros({2 * channels}, x.options().dtype(kStatsType));
-    if (x.numel() > 0) {  // an empty local batch contributes zeros (the kernel would divide by 0)
-      const torch::Tensor ones = torch::ones({channels}, x.options());
-      const auto reduced = at::native_batch_norm_backward(
-          dy, x, weight.defined() ? weight.to(type) : ones, c10::nullopt, c10::nullopt,
-          OptionalTensor(mean.to(type)), OptionalTensor(ones), /*train=*/true, /*eps=*/0.0,
-          {false, true, true});
-      sums = torch::cat({std::get<2>(reduced), std::get<1>(reduced)}).to(kStatsType);
-    }
-    const auto sum_dy = sums.slice(0, 0, channels);
-    const auto sum_dy_xmu = sums.slice(0, channels, 2 * channels);
+    const torch::Tensor w = weight.defined() ? weight.to(type) : torch::ones_like(invstd);
 
-    // This rank's share of the parameter gradients (copies: the all-reduce below is in place).
+    // aten's training backward on this rank's batch with the global mean and invstd:
+    //   local_dx = (dy - sum(dy) / n - (x - mean) * invstd^2 * sum(dy * (x - mean)) / n) * invstd *
+    //   w, local_gw = sum(dy * (x - mean)) * invstd,  local_gb = sum(dy)   (sums over this rank, n
+    //   its
+    // count). An empty local batch has none of these (the kernel would divide by 0).
+    torch::Tensor local_dx, local_gw, local_gb;
+    if (local_count > 0) {
+      std::tie(local_dx, local_gw, local_gb) = at::native_batch_norm_backward(
+          dy, x, w, c10::nullopt, c10::nullopt, OptionalTensor(mean), OptionalTensor(invstd),
+          /*train=*/true, /*eps=*/0.0, {ctx->needs_input_grad(0), true, true});
+    } else {
+      local_gw = torch::zeros_like(invstd);
+      local_gb = torch::zeros_like(invstd);
+    }
+    // [sum(dy) | sum(dy * (x - mean)) * invstd], this rank's, then summed over all ranks.
+    const torch::Tensor local_sums = torch::cat({local_gb, local_gw}).to(kStatsType);
+    torch::Tensor sums = local_sums.clone();
+
+    // This rank's share of the parameter gradients (as in PyTorch; GradSync sums them).
     torch::Tensor grad_weight, grad_bias;
-    if (weight.defined() && ctx->needs_input_grad(1)) {
-      grad_weight = (sum_dy_xmu * invstd).to(weight.scalar_type());
-    }
-    if (weight.defined() && ctx->needs_input_grad(2)) {
-      grad_bias = sum_dy.to(weight.scalar_type(), /*non_blocking=*/false, /*copy=*/true);
-    }
+    if (weight.defined() && ctx->needs_input_grad(1))
+      grad_weight = local_gw.to(weight.scalar_type());
+    if (weight.defined() && ctx->needs_input_grad(2)) grad_bias = local_gb.to(weight.scalar_type());
 
     // Issued whether or not the input needs a gradient, so the collective order never depends on
     // requires_grad flags.
@@ -159,14 +207,28 @@ class SyncBatchNormFunction : public torch::autograd::Function<SyncBatchNormFunc
 
     torch::Tensor grad_input;
     if (ctx->needs_input_grad(0)) {
-      // dx = (dy - mean(dy) - (x - mean) * invstd^2 * mean(dy * (x - mean))) * invstd * w,
-      // means over the global batch.
-      const auto a = weight.defined() ? invstd * weight.to(kStatsType) : invstd;
-      const auto b = a * (sum_dy / count);
-      const auto c = a * invstd.square() * (sum_dy_xmu / count);
-      // = a * dy - c * x + (c * mean - b): two passes, (x - mean) is never materialized.
-      grad_input = torch::addcmul(per_channel(c * mean - b, x), dy, per_channel(a, x));
-      grad_input.addcmul_(x, per_channel(-c, x));
+      if (local_count == 0) {
+        grad_input = torch::empty_like(x);
+      } else if (!holder->fn) {
+        grad_input = local_dx;  // no other rank: the local sums are the global ones
+      } else {
+        // dx - local_dx = (x - mean) * c1 + c0 with, per channel, in float64 from the packed sums
+        // (second half: sum(dy * (x - mean)) * invstd),
+        //   c0 = (sum_l(dy) / n - sum(dy) / N) * invstd * w,
+        //   c1 = (packed_l / n - packed / N) * invstd^2 * w.
+        // In a world of 1 both are exactly 0 (same numbers, same operations), so dx = local_dx.
+        const double n = static_cast<double>(local_count);
+        const auto invstd64 = invstd.to(kStatsType);
+        const auto scale = invstd64 * w.to(kStatsType);
+        const auto c0 =
+            (local_sums.slice(0, 0, channels) / n - sums.slice(0, 0, channels) / count) * scale;
+        const auto c1 = (local_sums.slice(0, channels, 2 * channels) / n -
+                         sums.slice(0, channels, 2 * channels) / count) *
+                        invstd64 * scale;
+        auto correction = torch::sub(x, per_channel(mean, x)).mul_(per_channel(c1, x));
+        correction.add_(per_channel(c0, x));
+        grad_input = local_dx.add_(correction);
+      }
       grad_input = grad_input.to(input.scalar_type());
     }
     // One gradient per forward argument: input, weight, bias, running_mean, running_var, eps,

@@ -2,13 +2,18 @@
 // statistics are those of the global batch, the concatenation of every rank's local batch.
 //
 // Contract:
-// - Training mode: one all-reduce per forward (per-channel sum, sum of squares and count, packed
-//   as [2C+1] float64) and one per backward (per-channel sum(dy) and sum(dy * (x - mean)), packed
-//   as [2C] float64). Both are issued unconditionally, so every rank must run the same layers in
-//   the same order, all in training mode (collective order, as for the communicator). The forward
-//   reads the global count on the host (one device sync per layer on CUDA, as PyTorch's does) and
-//   throws on every rank alike when it is <= 1.
-// - Unequal per-rank batch sizes (even an empty one) are right: the statistics are count-weighted.
+// - Training mode: one all-reduce per forward (per channel: count, sum, between-rank and
+//   within-rank parts of the centred sum of squares, packed as [3C+1] float64) and one per
+//   backward (per-channel sum(dy) and sum(dy * (x - mean)) * invstd, packed as [2C] float64). Both
+//   are issued unconditionally, so every rank must run the same layers in the same order, all in
+//   training mode (collective order, as for the communicator).
+// - Host reads: none on the common path (the statistics stay on the input's device). A rank that
+//   holds at most one value per channel reads the global count (one device sync) and throws when
+//   it is <= 1; if the global count is <= 1 every rank holds at most one value, so all ranks throw
+//   alike (no hang). Without momentum (cumulative average) num_batches_tracked is read, as in
+//   torch::nn::BatchNorm2d.
+// - Unequal per-rank batch sizes (even an empty one) are right: the statistics are combined with
+//   the counts (Chan et al.'s parallel variance), the backward sums are plain sums.
 // - Gradients: grad_input is the gradient of the SUM of every rank's loss with respect to this
 //   rank's slice of the input; grad_weight / grad_bias are this rank's share only (as in PyTorch):
 //   the gradient all-reduce (GradSync) sums/averages them like any other parameter's.
@@ -17,16 +22,32 @@
 //   rank provided the all-reduce returns the same values everywhere.
 // - Eval mode: plain batch_norm with the running statistics, no communication.
 // - Parameters and buffers are those of torch::nn::BatchNorm2d (weight, bias, running_mean,
-//   running_var, num_batches_tracked): checkpoints are interchangeable. With an empty AllReduceSum
-//   (a world of 1) the module equals torch::nn::BatchNorm2d.
+//   running_var, num_batches_tracked): checkpoints are interchangeable.
 //
-// Precision: the local statistics are computed with ATen's var_mean (Welford, stable) in the input
-// dtype (float32 for float16/bfloat16), then turned into sum and sum of squares in float64. The
-// global variance E[x^2] - mean^2 is formed in float64, so the cancellation that makes it unusable
-// in float32 (relative error ~1e-7 * mean^2 / var) is ~1e-16 * mean^2 / var instead. The packets
-// are a few KB, so float64 costs nothing measurable on the wire. The elementwise step is
-// y = x * (w * invstd) + (b - mean * w * invstd) in the input dtype, as aten's CPU kernel does
-// (same rounding as BatchNorm2d; in float32 it loses ~1e-7 * |mean| / std absolute).
+// Precision (the reason for the design): a world of 1 - an empty AllReduceSum or one that leaves
+// the packets unchanged - reproduces torch::nn::BatchNorm2d BIT FOR BIT in float32 on CPU (outputs,
+// all gradients; running_var to 1 ulp; invstd is formed from aten's variance rounded to float32,
+// which can move it by 1 ulp when the per-channel count is not a power of two - not seen in the
+// tests). That is the only way to meet "within
+// 1e-6 per-step loss for 20 training steps": training amplifies rounding ~10x per step, so any
+// other rounding - even a more accurate one - drifts past 1e-6 (measured on real images:
+// BatchNorm2d at 1 vs 2 threads is 2e-6 apart at step 13). How:
+// - Statistics: local mean and variance from aten's batch norm statistics kernel (the kernel
+//   BatchNorm2d uses: float64 sum for the mean, centred two-pass sum of squares), combined in
+//   float64: mean = sum(n_r mean_r) / N, M2 = sum(n_r var_r) + (sum(n_r mean_r^2) - N mean^2).
+//   For float32 input every n_r * value product is exact in float64 (n_r < 2^29), so a world of 1
+//   gets its own mean and variance back exactly; the between-rank term's cancellation costs
+//   ~1e-16 * mean^2 / var, nothing in float32 terms.
+// - Forward: aten's inference kernel with running_mean = global mean, running_var = 1, eps = 0
+//   and weight = invstd * w, so its alpha = invstd * w and beta = b - mean * alpha are exactly
+//   those of its training path (CPU: y = x * alpha + beta; CUDA: (x - mean) * alpha + b).
+// - Backward: aten's training backward on the local batch given the global mean and invstd
+//   (centred: (dy - mean(dy) - (x - mean) * k) * invstd * w, no a * x - c cancellation), plus the
+//   per-channel difference between the global and the local projection, (x - mean) * c1 + c0,
+//   from the all-reduced sums in float64; c0 and c1 are exactly 0 in a world of 1.
+// With several ranks the sums are added in another order than in one process; the per-element
+// error stays at float32 rounding (~1e-7 relative; tests/mpi/sync_bn_mpi_test.cpp prints it).
+// The packets are a few KB, so float64 costs nothing measurable on the wire.
 //
 // The AllReduceSum is called from the forward and from inside autograd's backward, interleaved
 // with GradSync's bucket all-reduces (issued from hooks on the same thread, in the same order on

@@ -1,5 +1,6 @@
-// SyncBatchNorm2d across real ranks (mpiexec -np 2 / 4, or a singleton world of 1) against
-// torch::nn::BatchNorm2d on the concatenated global batch.
+// SyncBatchNorm2d across real ranks (mpiexec -np 2 / 3 / 4, or a singleton world of 1) against
+// torch::nn::BatchNorm2d on the concatenated global batch; and a ResNet9 trained on real images
+// (Fashion-MNIST, tests/unit/real_images.h) at N ranks x B against one process at N*B.
 //
 // Every rank builds the same global batch from a fixed seed and takes its slice; the per-rank batch
 // sizes differ (np 2: 3 and 5; np 4: 1, 2, 3, 4; in general rank r holds r + 1 + r % 2).
@@ -17,6 +18,7 @@
 #include <torch/torch.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <numeric>
 #include <string>
@@ -24,6 +26,7 @@
 
 #include "model/resnet9.h"
 #include "model/sync_batchnorm.h"
+#include "real_images.h"
 
 namespace fer {
 namespace {
@@ -248,6 +251,190 @@ TEST(SyncBatchNormMpiResNet9, MatchesTheSingleProcessModelOnTheGlobalBatch) {
   }
   for (const auto& item : synced->named_buffers()) {
     EXPECT_TRUE(identical_on_every_rank(item.value())) << item.key();
+  }
+}
+
+// --- Training on real images --------------------------------------------------------------------
+
+constexpr int64_t kImageSize = 32;  // Fashion-MNIST's 28x28 upscaled, as the issue measured
+// The reference recipe's first steps (configs/fer2013_resnet9.yaml): Adam at one-cycle's initial
+// rate max_lr / div_factor = 0.01 / 25, L2 weight decay 1e-4, gradients clipped at 0.1.
+constexpr double kLearningRate = 4e-4;
+constexpr double kWeightDecay = 1e-4;
+constexpr double kGradClipValue = 0.1;
+
+// The first `count` Fashion-MNIST training images, upscaled and normalized: [count, 1, 32, 32],
+// the same on every rank.
+std::pair<torch::Tensor, torch::Tensor> real_images(int64_t count) {
+  const auto raw = testing::upscale(testing::load_fashion_mnist("train", 0, count), kImageSize);
+  const auto [mean, std] = testing::pixel_mean_std(raw);
+  auto pixels = testing::normalized(raw, mean, std);
+  auto labels = testing::labels_int64(raw);
+  return {torch::from_blob(pixels.data(), {count, 1, kImageSize, kImageSize}).clone(),
+          torch::from_blob(labels.data(), {count}, torch::kLong).clone()};
+}
+
+// Replaces every parameter gradient by its average over ranks (one float64 all-reduce of all of
+// them, so the sum is exact to float32 and the same on every rank), as GradSync does.
+void average_gradients_over_ranks(torch::nn::Module& model) {
+  std::vector<torch::Tensor> grads;
+  for (const auto& p : model.parameters()) grads.push_back(p.grad().flatten());
+  torch::Tensor flat = torch::cat(grads).to(torch::kDouble);
+  mpi_allreduce_sum(flat);
+  flat.div_(world_size());
+  int64_t offset = 0;
+  for (auto& p : model.parameters()) {
+    p.mutable_grad().copy_(flat.slice(0, offset, offset + p.numel()).view_as(p));
+    offset += p.numel();
+  }
+}
+
+// Trains `model` for `steps` Adam steps. Global batch k is images [k * B * W, (k + 1) * B * W) for
+// W = `world` ranks of B = `rank_batch` images; this process takes the sub-slice of rank `rank`
+// (DESIGN.md "Sampling"). With world > 1 the gradients are averaged over the MPI ranks before
+// clipping. Returns each step's loss over the global batch (mean cross-entropy, the average of
+// the rank losses), taken before that step's update.
+std::vector<double> train_losses(ResNet9 model, const torch::Tensor& images,
+                                 const torch::Tensor& labels, int64_t rank_batch, int rank,
+                                 int world, int steps) {
+  torch::optim::Adam adam(model->parameters(),
+                          torch::optim::AdamOptions(kLearningRate).weight_decay(kWeightDecay));
+  std::vector<double> losses;
+  for (int step = 0; step < steps; ++step) {
+    const int64_t begin = (step * world + rank) * rank_batch;
+    const auto x = images.slice(0, begin, begin + rank_batch);
+    const auto y = labels.slice(0, begin, begin + rank_batch);
+    adam.zero_grad();
+    const auto loss = torch::nn::functional::cross_entropy(model->forward(x), y);
+    loss.backward();
+    double global_loss = loss.item<double>();
+    if (world > 1) {
+      average_gradients_over_ranks(*model);
+      MPI_Allreduce(MPI_IN_PLACE, &global_loss, 1, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
+      global_loss /= world;
+    }
+    torch::nn::utils::clip_grad_value_(model->parameters(), kGradClipValue);
+    adam.step();
+    losses.push_back(global_loss);
+  }
+  return losses;
+}
+
+// Relative per-step loss differences |a - b| / |b|.
+std::vector<double> relative_diffs(const std::vector<double>& a, const std::vector<double>& b) {
+  std::vector<double> d;
+  for (std::size_t i = 0; i < a.size(); ++i) d.push_back(std::abs(a[i] - b[i]) / std::abs(b[i]));
+  return d;
+}
+
+// ResNet9 (width 0.25, dropout 0) on 10-class real images at 32x32, the issue's setting: N ranks
+// of batch 8 with SyncBN against one process of batch 8N with BatchNorm2d, same initial weights,
+// same global batches, the given dtype. Returns the per-step relative loss differences (the
+// same on every rank). Every rank trains the one-process reference itself.
+std::vector<double> ranks_against_one_process(torch::ScalarType type, int steps) {
+  constexpr int64_t kRankBatch = 8;
+  const int world = world_size();
+  const int64_t global_batch = kRankBatch * world;
+  auto [images, labels] = real_images(steps * global_batch);
+  images = images.to(type);
+
+  torch::manual_seed(2024);
+  ResNet9Options o;
+  o.in_channels = 1;
+  o.num_classes = 10;
+  o.width = 0.25;
+  o.dropout = 0.0;  // dropout would draw different masks
+  ResNet9 plain(o);
+  o.sync_bn = true;
+  ResNet9 synced(o);
+  synced->set_allreduce(mpi_allreduce_sum);
+  {
+    torch::NoGradGuard no_grad;
+    const auto params = plain->named_parameters();
+    for (auto& item : synced->named_parameters()) item.value().copy_(params[item.key()]);
+    const auto buffers = plain->named_buffers();
+    for (auto& item : synced->named_buffers()) item.value().copy_(buffers[item.key()]);
+  }
+  plain->to(type);
+  synced->to(type);
+
+  const auto expected = train_losses(plain, images, labels, global_batch, 0, 1, steps);
+  const auto actual = train_losses(synced, images, labels, kRankBatch, world_rank(), world, steps);
+  for (const auto& item : synced->named_buffers()) {
+    EXPECT_TRUE(identical_on_every_rank(item.value())) << item.key();
+  }
+  const auto diffs = relative_diffs(actual, expected);
+  if (world_rank() == 0) {
+    for (int step = 0; step < steps; ++step) {
+      std::printf("  %s step %2d  %d x %lld: loss %.12f  1 x %lld: %.12f  relative diff %.3g\n",
+                  c10::toString(type), step + 1, world, static_cast<long long>(kRankBatch),
+                  actual[step], static_cast<long long>(global_batch), expected[step], diffs[step]);
+    }
+  }
+  return diffs;
+}
+
+// N ranks x B against 1 x N*B within 1e-5 relative per-step loss for 10 steps, at N = 2, 3, 4
+// (ctest: sync_bn_mpi_np2/3/4), in float64. The statistics combination, the backward reductions
+// and the gradient averaging are exact up to rounding; float64 keeps the rounding (~1e-16) far
+// below what 10 steps of training amplify to 1e-5, so a wrong count, weight or missing term shows.
+// (Float32: see the next test.)
+TEST(SyncBatchNormMpiRealImages,
+     NRanksOfBatch8FollowOneProcessOfBatch8NWithin1e5LossFor10StepsFloat64) {
+  ASSERT_TRUE(testing::fashion_mnist_available())
+      << "Fashion-MNIST missing under " << testing::kFashionMnistDir
+      << ": install Debian's dataset-fashion-mnist (launch/install-deps.sh)";
+  torch::set_num_threads(1);
+  const auto diffs = ranks_against_one_process(torch::kDouble, /*steps=*/10);
+  for (std::size_t step = 0; step < diffs.size(); ++step) {
+    EXPECT_LE(diffs[step], 1e-5) << "step " << step + 1 << " at world " << world_size()
+                                 << ": target 1e-5 relative for 10 steps";
+  }
+}
+
+// The same in float32, the issue's measurement. Float32 rounding differs between N ranks and one
+// process (every batch sum - convolution weight gradients, BN sums - is added in another order),
+// and this training amplifies rounding ~10x per step: BatchNorm2d alone, fed the same global
+// batches with the images in reverse order, drifts to ~1e-4 within 5-10 steps at batch 24 and 32
+// (printed below as "reordered BatchNorm2d"). So 1e-5 for 10 steps is below float32's floor here;
+// pinned down: the first step (same weights: the forward and loss) within 1e-6, and the whole
+// comparison is printed beside that floor.
+TEST(SyncBatchNormMpiRealImages, NRanksOfBatch8MatchOneProcessOfBatch8NFirstStepWithin1e6Float32) {
+  ASSERT_TRUE(testing::fashion_mnist_available())
+      << "Fashion-MNIST missing under " << testing::kFashionMnistDir
+      << ": install Debian's dataset-fashion-mnist (launch/install-deps.sh)";
+  torch::set_num_threads(1);
+  constexpr int kSteps = 10;
+  const auto diffs = ranks_against_one_process(torch::kFloat, kSteps);
+  EXPECT_LE(diffs[0], 1e-6) << "first step at world " << world_size();
+
+  // The floor: BatchNorm2d against itself with each global batch reversed.
+  const int64_t global_batch = 8 * world_size();
+  const auto [images, labels] = real_images(kSteps * global_batch);
+  torch::manual_seed(2024);
+  ResNet9Options o;
+  o.in_channels = 1;
+  o.num_classes = 10;
+  o.width = 0.25;
+  o.dropout = 0.0;
+  ResNet9 a(o);
+  ResNet9 b(o);
+  {
+    torch::NoGradGuard no_grad;
+    const auto params = a->named_parameters();
+    for (auto& item : b->named_parameters()) item.value().copy_(params[item.key()]);
+  }
+  const auto reversed = torch::arange(kSteps * global_batch).view({kSteps, global_batch}).flip(1);
+  const auto order = reversed.flatten();
+  const auto floor =
+      relative_diffs(train_losses(b, images.index_select(0, order), labels.index_select(0, order),
+                                  global_batch, 0, 1, kSteps),
+                     train_losses(a, images, labels, global_batch, 0, 1, kSteps));
+  if (world_rank() == 0) {
+    for (int step = 0; step < kSteps; ++step) {
+      std::printf("  step %2d  SyncBN %d ranks vs 1 process %.3g  reordered BatchNorm2d %.3g\n",
+                  step + 1, world_size(), diffs[step], floor[step]);
+    }
   }
 }
 
