@@ -27,6 +27,16 @@ const cv::Scalar kInk(40, 40, 40);
 const cv::Scalar kGrid(225, 225, 225);
 const cv::Scalar kAxis(110, 110, 110);
 
+// Every loop below runs a number of times fixed before it starts (an integer counter against a
+// computed cap), never "until a double reaches a value": a double that stops moving (its step
+// below its spacing) once made a dashed line spin forever (issue 16). These bounds keep the
+// arithmetic that computes those caps finite and meaningful:
+constexpr double kMaxMagnitude = 1e300;    // axis ends are clamped here: hi - lo cannot overflow
+constexpr double kMinRelativeSpan = 1e-9;  // narrower axes are widened: ticks stay distinct
+constexpr double kTinyMagnitude = 1e-200;  // a flat series nearer 0 than this gets [-1, 1]
+constexpr double kFarPixels = 1e9;         // data far outside the frame maps to at most this
+constexpr std::size_t kMaxTicks = 100;     // nice_ticks never returns more
+
 enum class HAlign { kLeft, kCenter, kRight };
 enum class VAlign { kTop, kMiddle, kBottom };
 
@@ -101,31 +111,61 @@ void draw_legend(cv::Mat& img, const std::vector<LegendEntry>& entries) {
 }
 
 // The data range of an axis: the spec's bounds, else the data's, widened to whole ticks.
+// Always finite with hi > lo, whatever the data or the spec (NaN, inf, equal or inverted bounds).
 struct Range {
   double lo = 0, hi = 1;
   std::vector<double> ticks;
   double step = 1;
 };
 
+// The tick step nice_ticks uses for [lo, hi]: 1, 2 or 5 times a power of ten, about `target`
+// ticks. Needs finite lo < hi; returns a finite positive step.
+double tick_step(double lo, double hi, int target, bool integer_only) {
+  const double raw = (hi / 2 - lo / 2) / std::max(1, target) * 2;  // halves: no overflow
+  const double mag = std::pow(10.0, std::floor(std::log10(raw)));
+  if (!(mag > 0) || !std::isfinite(mag)) return integer_only ? 1.0 : std::max(raw, 1e-300);
+  const double norm = raw / mag;
+  const double step = (norm < 1.5 ? 1 : norm < 3 ? 2 : norm < 7 ? 5 : 10) * mag;
+  return integer_only ? std::max(1.0, std::round(step)) : step;
+}
+
 Range resolve_range(const Axis& axis, double data_lo, double data_hi, int target_ticks) {
-  double lo = axis.min.value_or(data_lo), hi = axis.max.value_or(data_hi);
-  if (!std::isfinite(lo) || !std::isfinite(hi)) lo = 0, hi = 1;
-  if (hi < lo) std::swap(lo, hi);
-  if (hi - lo < 1e-12 * std::max(1.0, std::abs(hi))) {  // a flat series still gets an axis
-    const double pad = lo == 0 ? 1.0 : std::abs(lo) * 0.1;
-    if (!axis.min) lo -= pad;
-    if (!axis.max) hi += pad;
+  bool fixed_lo = axis.min && std::isfinite(*axis.min);
+  bool fixed_hi = axis.max && std::isfinite(*axis.max);
+  double lo = fixed_lo ? *axis.min : data_lo, hi = fixed_hi ? *axis.max : data_hi;
+  if (!std::isfinite(lo) && !std::isfinite(hi)) {  // no data and no bounds
+    lo = 0;
+    hi = 1;
+  }
+  if (!std::isfinite(lo)) lo = hi;  // one end known: the flat case below widens it
+  if (!std::isfinite(hi)) hi = lo;
+  lo = std::clamp(lo, -kMaxMagnitude, kMaxMagnitude);
+  hi = std::clamp(hi, -kMaxMagnitude, kMaxMagnitude);
+  if (hi < lo) {
+    std::swap(lo, hi);
+    std::swap(fixed_lo, fixed_hi);
+  }
+  const double magnitude = std::max(std::abs(lo), std::abs(hi));
+  if (hi - lo <= std::max(kMinRelativeSpan * magnitude, kTinyMagnitude)) {
+    // A flat series still gets an axis. A fixed end stays unless both are (a degenerate spec).
+    const double pad = magnitude < kTinyMagnitude ? 1.0 : magnitude * 0.1;
+    if (!fixed_lo || fixed_hi) lo -= pad;
+    if (!fixed_hi || fixed_lo) hi += pad;
   }
   Range r;
-  r.ticks = nice_ticks(lo, hi, target_ticks, axis.integer_ticks);
-  r.step = r.ticks.size() > 1 ? r.ticks[1] - r.ticks[0] : 1.0;
-  // Snap unset ends outwards to a tick so the frame starts and ends on labelled values.
-  if (!axis.min) lo = std::floor(lo / r.step + 1e-9) * r.step;
-  if (!axis.max) hi = std::ceil(hi / r.step - 1e-9) * r.step;
+  r.step = tick_step(lo, hi, target_ticks, axis.integer_ticks);
+  // Snap free ends outwards to a tick so the frame starts and ends on labelled values. The span
+  // is at least kMinRelativeSpan of the magnitude, so lo / step stays far below 2^53.
+  if (!fixed_lo) lo = std::floor(lo / r.step + 1e-9) * r.step;
+  if (!fixed_hi) hi = std::ceil(hi / r.step - 1e-9) * r.step;
+  if (!(hi > lo) || !std::isfinite(hi - lo)) {  // unreachable by the bounds above; cheap to keep
+    lo = 0;
+    hi = 1;
+  }
   r.lo = lo;
   r.hi = hi;
   r.ticks = nice_ticks(lo, hi, target_ticks, axis.integer_ticks);
-  if (r.ticks.size() > 1) r.step = r.ticks[1] - r.ticks[0];
+  r.step = tick_step(lo, hi, target_ticks, axis.integer_ticks);
   return r;
 }
 
@@ -133,9 +173,12 @@ Range resolve_range(const Axis& axis, double data_lo, double data_hi, int target
 struct Frame {
   cv::Rect area;
   Range x, y;
+  // Finite for any finite input (far-away data is clamped to kFarPixels, which only bends lines
+  // to points a million frames away).
   cv::Point2d to_px(double vx, double vy) const {
     const double fx = (vx - x.lo) / (x.hi - x.lo), fy = (vy - y.lo) / (y.hi - y.lo);
-    return {area.x + fx * area.width, area.y + area.height - fy * area.height};
+    return {std::clamp(area.x + fx * area.width, -kFarPixels, kFarPixels),
+            std::clamp(area.y + area.height - fy * area.height, -kFarPixels, kFarPixels)};
   }
 };
 
@@ -164,28 +207,63 @@ void draw_axes(cv::Mat& img, const Frame& f, const std::string& x_label, const s
   draw_vertical_text(img, y_label, {16, f.area.y + f.area.height / 2}, kLabelScale, kInk);
 }
 
-// A polyline, solid or dashed (dash pattern continues across vertices).
-void draw_polyline(cv::Mat& img, const std::vector<cv::Point2d>& pts, const cv::Scalar& color,
-                   bool dashed) {
-  constexpr double kDash = 9, kSpace = 6;
-  double phase = 0;  // distance into the current dash+space period
-  for (std::size_t i = 1; i < pts.size(); ++i) {
-    const cv::Point2d a = pts[i - 1], b = pts[i];
-    if (!dashed) {
-      cv::line(img, a, b, color, 2, cv::LINE_AA);
+// Clips segment a-b (finite) to `box` (Liang-Barsky). Returns false when nothing is inside,
+// else the parameters 0 <= *t0 <= *t1 <= 1 of the visible part.
+bool clip_segment(const cv::Point2d& a, const cv::Point2d& b, const cv::Rect2d& box, double* t0,
+                  double* t1) {
+  const cv::Point2d d = b - a;
+  const double p[4] = {-d.x, d.x, -d.y, d.y};
+  const double q[4] = {a.x - box.x, box.x + box.width - a.x, a.y - box.y, box.y + box.height - a.y};
+  *t0 = 0;
+  *t1 = 1;
+  for (int i = 0; i < 4; ++i) {
+    if (p[i] == 0) {
+      if (q[i] < 0) return false;  // parallel to this edge and outside it
       continue;
     }
-    const double len = cv::norm(b - a);
-    double s = 0;
-    while (s < len) {
-      const bool on = phase < kDash;
-      const double left = on ? kDash - phase : kDash + kSpace - phase;
-      const double e = std::min(len, s + left);
-      if (on)
-        cv::line(img, a + (b - a) * (s / len), a + (b - a) * (e / len), color, 2, cv::LINE_AA);
-      phase = std::fmod(phase + (e - s), kDash + kSpace);
-      s = e;
+    const double t = q[i] / p[i];
+    if (p[i] < 0) {
+      *t0 = std::max(*t0, t);  // entering
+    } else {
+      *t1 = std::min(*t1, t);  // leaving
     }
+  }
+  return *t0 <= *t1;
+}
+
+// A polyline clipped to the image, solid or dashed (the dash pattern continues across vertices).
+// Points must be finite (Frame::to_px guarantees it). Work is bounded by the image, not by the
+// data: a dashed segment draws at most diagonal / period + 2 dashes however long it is.
+void draw_polyline(cv::Mat& img, const std::vector<cv::Point2d>& pts, const cv::Scalar& color,
+                   bool dashed) {
+  constexpr double kDash = 9, kSpace = 6, kPeriod = kDash + kSpace;
+  constexpr double kPad = 4;  // line width and anti-aliasing reach past the border
+  const cv::Rect2d box(-kPad, -kPad, img.cols + 2 * kPad, img.rows + 2 * kPad);
+  const int max_dashes =
+      static_cast<int>(std::ceil(std::hypot(box.width, box.height) / kPeriod)) + 2;
+  double phase = 0;  // distance into the dash+space period at the start of the segment
+  for (std::size_t i = 1; i < pts.size(); ++i) {
+    const cv::Point2d a = pts[i - 1], b = pts[i];
+    const double len = cv::norm(b - a);
+    double t0 = 0, t1 = 0;
+    const bool visible = len > 0 && clip_segment(a, b, box, &t0, &t1);
+    if (visible && !dashed) {
+      cv::line(img, a + (b - a) * t0, a + (b - a) * t1, color, 2, cv::LINE_AA);
+    }
+    if (visible && dashed) {
+      const cv::Point2d start = a + (b - a) * t0, unit = (b - a) / len;
+      const double shown = (t1 - t0) * len;                        // <= the box diagonal
+      const double offset = std::fmod(phase + t0 * len, kPeriod);  // into the period at `start`
+      // Dash k covers [k * kPeriod - offset, k * kPeriod - offset + kDash] along the visible part.
+      const int dashes =
+          std::min(max_dashes, static_cast<int>(std::ceil((offset + shown) / kPeriod)) + 1);
+      for (int k = 0; k < dashes; ++k) {
+        const double d0 = std::max(0.0, k * kPeriod - offset);
+        const double d1 = std::min(shown, k * kPeriod - offset + kDash);
+        if (d1 > d0) cv::line(img, start + unit * d0, start + unit * d1, color, 2, cv::LINE_AA);
+      }
+    }
+    phase = std::fmod(phase + len, kPeriod);
   }
 }
 
@@ -243,28 +321,40 @@ const std::vector<cv::Scalar>& palette() {
 }
 
 std::vector<double> nice_ticks(double lo, double hi, int target, bool integer_only) {
-  if (!(hi > lo) || !std::isfinite(lo) || !std::isfinite(hi)) return {lo};
-  const double raw = (hi - lo) / std::max(1, target);
-  const double mag = std::pow(10.0, std::floor(std::log10(raw)));
-  const double norm = raw / mag;
-  double step = (norm < 1.5 ? 1 : norm < 3 ? 2 : norm < 7 ? 5 : 10) * mag;
-  if (integer_only) step = std::max(1.0, std::round(step));
+  if (!std::isfinite(lo) || !std::isfinite(hi)) return {};
+  if (!(hi > lo)) return {lo};
+  const double step = tick_step(lo, hi, target, integer_only);
+  const double first = std::ceil(lo / step - 1e-9), last = std::floor(hi / step + 1e-9);
+  // Tick i is (first + i) * step: computed, not accumulated, so the count is known up front.
+  const double count = last - first + 1;
+  const std::size_t n =
+      count >= 1 ? static_cast<std::size_t>(std::min<double>(count, kMaxTicks)) : 0;
   std::vector<double> ticks;
-  const double first = std::ceil(lo / step - 1e-9) * step;
-  for (double t = first; t <= hi + step * 1e-9 && ticks.size() < 100; t += step) {
+  for (std::size_t i = 0; i < n; ++i) {
+    const double t = (first + static_cast<double>(i)) * step;
+    // Ticks must increase; a step below the spacing of doubles near lo (only for ranges narrower
+    // than resolve_range allows) would repeat values.
+    if (!ticks.empty() && !(t > ticks.back())) continue;
     ticks.push_back(std::abs(t) < step * 1e-9 ? 0.0 : t);
   }
   return ticks;
 }
 
 std::string format_tick(double value, double step) {
-  char buf[32];
+  char buf[48];
   if (value == 0) return "0";
-  if (step > 0 && step < 1e-3) {
-    std::snprintf(buf, sizeof buf, "%.1e", value);
+  if (!std::isfinite(value)) return std::isnan(value) ? "nan" : value > 0 ? "inf" : "-inf";
+  if ((step > 0 && step < 1e-3) || std::abs(value) >= 1e9) {
+    // Scientific, with the mantissa digits down to the step's leading digit (ticks are 1, 2 or
+    // 5 times a power of ten, so that tells neighbours apart).
+    const double places = step > 0 ? std::floor(std::log10(std::abs(value)) + 1e-9) -
+                                         std::floor(std::log10(step) + 1e-9)
+                                   : 1;
+    const int digits = static_cast<int>(std::clamp(places, 1.0, 15.0));
+    std::snprintf(buf, sizeof buf, "%.*e", digits, value);
   } else {
     const int decimals =
-        step >= 1 || step <= 0 ? 0 : static_cast<int>(std::ceil(-std::log10(step) - 1e-9));
+        step >= 1 || !(step > 0) ? 0 : static_cast<int>(std::ceil(-std::log10(step) - 1e-9));
     std::snprintf(buf, sizeof buf, "%.*f", decimals, value);
   }
   return buf;
@@ -305,7 +395,10 @@ cv::Mat draw_line_chart(const LineChart& chart, cv::Size size) {
     }
     draw_polyline(plot, pts, color, s.dashed);
     if (s.markers || pts.size() == 1) {
-      for (const auto& p : pts) cv::circle(plot, p, 4, color, cv::FILLED, cv::LINE_AA);
+      const cv::Rect2d near_frame(-8, -8, plot.cols + 16, plot.rows + 16);
+      for (const auto& p : pts) {
+        if (near_frame.contains(p)) cv::circle(plot, p, 4, color, cv::FILLED, cv::LINE_AA);
+      }
     }
     if (!s.label.empty()) legend.push_back({s.label, color, false, s.dashed});
   }
@@ -393,15 +486,19 @@ cv::Mat draw_heat_map(const HeatMap& map, cv::Size size) {
   for (int r = 0; r < rows; ++r) {
     for (int c = 0; c < cols && c < static_cast<int>(map.values[r].size()); ++c) {
       const double v = map.values[r][c];
-      double t = map.shade.empty() ? (max_value > 0 ? v / max_value : 0.0) : map.shade[r][c];
+      const bool shaded =
+          r < static_cast<int>(map.shade.size()) && c < static_cast<int>(map.shade[r].size());
+      double t = shaded ? map.shade[r][c] : max_value > 0 ? v / max_value : 0.0;
       if (!std::isfinite(t)) t = 0;
       const cv::Rect box(grid.x + c * cell, grid.y + r * cell, cell, cell);
       cv::rectangle(img, box, heat_color(t), cv::FILLED);
       cv::rectangle(img, box, kBackground, 1);
       char buf[32];
       std::snprintf(buf, sizeof buf, "%.*f", map.value_decimals, v);
-      double scale = 0.5;
-      while (scale > 0.3 && text_size(buf, scale).width > cell - 4) scale -= 0.05;
+      double scale = 0.5;  // shrinks in at most 4 steps to 0.3 until the number fits the cell
+      for (int shrink = 0; shrink < 4 && text_size(buf, scale).width > cell - 4; ++shrink) {
+        scale -= 0.05;
+      }
       draw_text(img, buf, {box.x + cell / 2, box.y + cell / 2}, scale, t > 0.5 ? kBackground : kInk,
                 HAlign::kCenter, VAlign::kMiddle);
     }
@@ -425,7 +522,8 @@ cv::Mat draw_heat_map(const HeatMap& map, cv::Size size) {
 
   // Colour bar: 0 at the bottom, 1 at the top, with its caption.
   const cv::Rect bar(grid.x + grid.width + 20, grid.y, kBarWidth, grid.height);
-  for (int y = 0; y < bar.height; ++y) {
+  const int first_row = std::max(0, -bar.y), end_row = std::min(bar.height, img.rows - bar.y);
+  for (int y = first_row; y < end_row; ++y) {  // rows inside the image only
     const double t = 1.0 - static_cast<double>(y) / std::max(1, bar.height - 1);
     cv::line(img, {bar.x, bar.y + y}, {bar.x + bar.width - 1, bar.y + y}, heat_color(t), 1);
   }
