@@ -3,10 +3,6 @@
 #include <CLI/CLI.hpp>
 #include <spdlog/spdlog.h>
 
-#include <spawn.h>
-#include <sys/wait.h>
-#include <unistd.h>
-
 #include <cstdint>
 #include <cstdio>
 #include <filesystem>
@@ -15,6 +11,7 @@
 #include "common/cancel.h"
 #include "common/errors.h"
 #include "common/logging.h"
+#include "common/subprocess.h"
 #include "dist/mpi_context.h"
 #include "dist/planes.h"
 #include "train/device.h"
@@ -40,9 +37,14 @@ constexpr const char* kExitCodes =
     "  130  interrupted (SIGINT): a checkpoint of the current step was written\n";
 
 // Runs fer-report (installed beside this executable) on the finished run. The trainer links no
-// OpenCV (DESIGN.md), so the plots are drawn by that tool in a child process. Any failure is a
-// warning: the training itself succeeded.
+// OpenCV (DESIGN.md), so the plots are drawn by that tool in a child process. The child gets
+// kTimeoutS, then is killed (SIGKILL) and reaped: a finished run never waits on its report
+// (issue 16: a report that spun kept the job, and its Slurm allocation, alive). Any failure is
+// a warning: the training itself succeeded, and the exit status stays the run's.
 void write_report(const std::string& run_dir) {
+  // fer-report reads two JSON files and draws five charts in about a second on any run: two
+  // minutes is generous for a slow disk and still short next to a training run.
+  constexpr double kTimeoutS = 120;
   std::error_code ec;
   const std::filesystem::path self = std::filesystem::read_symlink("/proc/self/exe", ec);
   const std::filesystem::path report = self.parent_path() / "fer-report";
@@ -50,15 +52,14 @@ void write_report(const std::string& run_dir) {
     spdlog::warn("no report: fer-report not found next to fer-dist-train ({})", report.string());
     return;
   }
-  std::string program = report.string(), dir = run_dir, quiet = "-q";
-  char* args[] = {program.data(), dir.data(), quiet.data(), nullptr};
   std::fflush(stdout);
-  pid_t pid = 0;
-  int status = 0;
-  if (::posix_spawn(&pid, program.c_str(), nullptr, nullptr, args, environ) != 0 ||
-      ::waitpid(pid, &status, 0) != pid || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
-    spdlog::warn("the report could not be written (run {} {} to see why); the run is complete",
-                 program, run_dir);
+  const ChildResult r = run_with_timeout({report.string(), run_dir, "-q"}, kTimeoutS);
+  if (r.outcome == ChildOutcome::kTimedOut) {
+    spdlog::warn("fer-report {}: the run is complete, without its report (run {} {} to retry)",
+                 describe(r), report.string(), run_dir);
+  } else if (!r.succeeded()) {
+    spdlog::warn("no report: fer-report {} (run {} {} to see why); the run is complete",
+                 describe(r), report.string(), run_dir);
   }
 }
 
