@@ -12,6 +12,7 @@
 #include "common/errors.h"
 #include "common/logging.h"
 #include "common/subprocess.h"
+#include "data/manifest.h"
 #include "dist/mpi_context.h"
 #include "dist/planes.h"
 #include "train/device.h"
@@ -75,11 +76,14 @@ int main(int argc, char** argv) {
                          "data/fer2013 --out runs/r9 --set train.epochs=5\n"
                          "  fer-dist-train --out runs/r9 ... --resume auto\n"
                          "  fer-dist-train --eval-only runs/r9/checkpoints/best.pt --data "
-                         "data/fer2013\n\n") +
+                         "data/fer2013\n"
+                         "  fer-dist-train --config configs/fer2013_resnet9.yaml --data "
+                         "data/fer2013 --out runs/r9 --device cuda --validate-only\n\n") +
              kExitCodes);
   std::string config_path, data_dir, run_dir, resume, device = "auto", eval_only;
   std::string log_level = "info";
   bool no_report = false;
+  bool validate_only = false;
   std::string timeline;
   std::int64_t timeline_from = -1, timeline_steps = 100;
   std::vector<std::string> overrides;
@@ -88,12 +92,28 @@ int main(int argc, char** argv) {
       ->check(CLI::ExistingFile);
   app.add_option("--data", data_dir, "packed dataset folder (fer-pack output)")->required();
   app.add_option("--out", run_dir, "run folder for config, metrics, checkpoints");
-  app.add_option("--set", overrides, "override a config key, e.g. --set optim.max_lr=0.005")
+  app.add_option("--set", overrides, "override a config key, e.g. --set schedule.max_lr=0.005")
       ->allow_extra_args(false);
   app.add_option("--resume", resume, "auto (newest valid checkpoint of --out) or a checkpoint");
-  app.add_option("--device", device, "auto | cpu | cuda | cuda:N")->capture_default_str();
+  app.add_option("--device", device, "auto | cpu | cuda | cuda:N")
+      ->capture_default_str()
+      ->check(CLI::Validator(
+          [](std::string& value) {  // the spelling only: which GPUs exist is known at start-up
+            const bool ok = value == "auto" || value == "cpu" || value == "cuda" ||
+                            (value.rfind("cuda:", 0) == 0 && value.size() > 5 &&
+                             value.find_first_not_of("0123456789", 5) == std::string::npos);
+            return ok ? std::string() : "must be auto, cpu, cuda or cuda:N, not '" + value + "'";
+          },
+          "", "device"));
   app.add_option("--threads", threads, "intra-op threads (default: OMP_NUM_THREADS or all cores)");
-  app.add_option("--eval-only", eval_only, "evaluate this checkpoint on val and test, then exit");
+  auto* eval_option = app.add_option("--eval-only", eval_only,
+                                     "evaluate this checkpoint on val and test, then exit");
+  app.add_flag("--validate-only", validate_only,
+               "check everything a run checks before it starts and exit 0 without training, "
+               "communicating or looking for GPUs: the flags, the config with every --set "
+               "(unknown keys are errors), the dataset's manifest, the run folder; prints the "
+               "resolved config")
+      ->excludes(eval_option);
   app.add_option("--log-level", log_level, "trace|debug|info|warn|error")->capture_default_str();
   auto* timeline_option =
       app.add_option("--timeline", timeline,
@@ -144,6 +164,29 @@ int main(int argc, char** argv) {
       return 0;
     }
     const TrainConfig config = load_train_config(config_path, overrides);
+    if (validate_only) {
+      const Manifest manifest = load_manifest(data_dir);
+      const std::filesystem::path run_path(run_dir);
+      if (resume.empty() && std::filesystem::exists(run_path / "config.yaml")) {
+        throw ConfigError("run folder " + run_dir + " already holds a run",
+                          "pass --resume auto to continue it, or choose another --out");
+      }
+      if (!resume.empty() && resume != "auto" && !std::filesystem::exists(resume)) {
+        throw CheckpointError("--resume " + resume + ": no such checkpoint");
+      }
+      if (rank == 0) {
+        TrainConfig resolved = config;
+        std::printf(
+            "fer-dist-train: --validate-only: valid, nothing trained\n"
+            "  dataset  %s: %zu classes, %dx%dx%d\n  run      %s (%s)\n"
+            "  device   %s, %d rank(s)\nresolved config:\n%s",
+            data_dir.c_str(), manifest.classes.size(), manifest.height, manifest.width,
+            manifest.channels, run_dir.c_str(),
+            resume.empty() ? "new run" : ("--resume " + resume).c_str(), device.c_str(), world,
+            train_config_yaml(resolved).c_str());
+      }
+      return 0;
+    }
     // Rank -> device (cuda: local rank % visible GPUs), then both communication planes on it.
     PlaneOptions planes;
     planes.device = resolve_device(device, mpi->local_rank());
