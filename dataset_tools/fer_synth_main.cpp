@@ -31,6 +31,9 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_flag("--overwrite", options.overwrite, "replace an existing OUT");
   app.footer(
+      "\nExamples:\n"
+      "  fer-synth data/synth-images --per-class 100\n"
+      "  fer-synth faces --layout flat --per-class 20 --size 64 --seed 7\n\n"
       "Exit codes: 0 ok, 2 usage (bad flags or options), 4 I/O error (cannot write OUT, OUT\n"
       "exists), 130 interrupted (nothing partial is left behind).");
 

@@ -17,6 +17,9 @@ int main(int argc, char** argv) {
       "\nReads RUN_DIR/metrics.jsonl and RUN_DIR/summary.json; writes RUN_DIR/report/ (report.md,\n"
       "loss.png, accuracy.png, schedule.png, confusion.png, per_class.png). fer-dist-train runs\n"
       "it at the end of training unless --no-report.\n\n"
+      "Examples:\n"
+      "  fer-report runs/demo\n"
+      "  fer-report runs/demo --out runs/demo/report-copy -q\n\n"
       "Exit codes: 0 ok, 2 usage, 3 not a run folder (no readable metrics.jsonl or no records),\n"
       "4 I/O error writing the report.");
   report::ReportOptions options;
