@@ -4,12 +4,6 @@
 
 #include <sstream>
 
-#include "common/errors.h"
-#include "dist/mpi_communicator.h"
-#include "dist/mpi_context.h"
-#ifdef FER_HAVE_NCCL
-#include "dist/nccl_communicator.h"
-#endif
 
 namespace fer {
 
@@ -31,19 +25,6 @@ void Communicator::allreduce(at::Tensor& t, ReduceOp op) { allreduce_async(t, op
 
 void Communicator::broadcast(at::Tensor& t, int root) { broadcast_async(t, root)->wait(); }
 
-std::unique_ptr<Communicator> make_communicator(const std::string& backend, MpiContext& mpi) {
-  if (backend == "mpi") return std::make_unique<MpiCommunicator>(mpi);
-  if (backend == "nccl") {
-#ifdef FER_HAVE_NCCL
-    return std::make_unique<NcclCommunicator>(mpi);
-#else
-    throw ConfigError("communication backend 'nccl' is not in this build",
-                      "use backend mpi, or rebuild with the CUDA toolkit and NCCL installed "
-                      "(-DFER_WITH_NCCL=ON)");
-#endif
-  }
-  throw ConfigError("unknown communication backend '" + backend + "'", "use mpi or nccl");
-}
 
 namespace detail {
 

@@ -81,9 +81,6 @@ class Communicator {
   virtual void barrier() = 0;
 };
 
-// The backend named by `backend`: "mpi" or "nccl". Collective: every rank must call it together.
-// Throws ConfigError for an unknown name or "nccl" in a build without the NCCL backend.
-std::unique_ptr<Communicator> make_communicator(const std::string& backend, MpiContext& mpi);
 
 namespace detail {
 // "float32", "float64", "int64", ... (PyTorch's Python names) for messages.

@@ -19,6 +19,7 @@
 #include "dist/communicator.h"
 #include "dist/mpi_check.h"
 #include "dist/mpi_context.h"
+#include "dist/planes.h"
 #ifdef FER_HAVE_NCCL
 #include <cuda_runtime_api.h>
 
@@ -229,15 +230,23 @@ TEST(NcclWithoutGpu, ConstructionFailsOnEveryRankNamingTheRanksWithoutAGpu) {
   }
   EXPECT_NE(what.find("cannot use their GPU"), std::string::npos) << what;
   EXPECT_NE(what.find("rank(s) 0"), std::string::npos) << what;
-  EXPECT_THROW(make_communicator("nccl", *g_mpi), CommError);
+  PlaneOptions nccl;  // the planes that fer-dist-train --device cuda builds
+  nccl.device = c10::Device(c10::kCUDA, 0);
+  nccl.backend = Backend::kNccl;
+  nccl.force_collectives = true;
+  EXPECT_THROW(ProcessGroups(*g_mpi, nccl), CommError);
 #endif
 }
 
-TEST(NcclFactory, NcclBackendIsAConfigErrorWithoutNccl) {
+TEST(NcclPlanes, NcclBackendIsAConfigErrorWithoutNccl) {
 #ifdef FER_HAVE_NCCL
   GTEST_SKIP() << "this build has the NCCL backend";
 #else
-  EXPECT_THROW(make_communicator("nccl", *g_mpi), ConfigError);
+  PlaneOptions nccl;
+  nccl.device = c10::Device(c10::kCUDA, 0);
+  nccl.backend = Backend::kNccl;
+  nccl.force_collectives = true;
+  EXPECT_THROW(ProcessGroups(*g_mpi, nccl), ConfigError);
 #endif
 }
 

@@ -461,18 +461,6 @@ TEST_F(DistCollectivesTest, ContextDescribesAConsistentWorld) {
   EXPECT_EQ(mpi.local_rank(), mpi.rank());
 }
 
-TEST_F(DistCollectivesTest, FactoryBuildsMpiAndRejectsUnknownBackends) {
-  auto comm = make_communicator("mpi", *g_mpi);
-  ASSERT_NE(comm, nullptr);
-  EXPECT_NE(comm->describe().find("mpi rank"), std::string::npos);
-  at::Tensor t = contributions(at::kLong, 7, rank());
-  comm->allreduce(t, ReduceOp::kSum);
-  EXPECT_TRUE(bit_identical(t, expected_reduction(7, world(), ReduceOp::kSum, at::kLong)));
-  EXPECT_THROW(make_communicator("gloo", *g_mpi), ConfigError);
-#ifndef FER_HAVE_NCCL
-  EXPECT_THROW(make_communicator("nccl", *g_mpi), ConfigError);
-#endif
-}
 
 // ---- main: one MPI session, consistent exit code, no hangs -------------------------------------
 

@@ -109,6 +109,26 @@ bool all_close(const std::vector<torch::Tensor>& a, const std::vector<torch::Ten
   return true;
 }
 
+void expect_same_step_losses(const fs::path& reference, const fs::path& run, double rel) {
+  const auto l1 = step_losses(reference), ln = step_losses(run);
+  ASSERT_EQ(ln.size(), l1.size()) << run;
+  for (std::size_t i = 0; i < l1.size(); ++i) {
+    EXPECT_NEAR(ln[i], l1[i], rel * std::abs(l1[i])) << run << " step " << i + 1;
+  }
+}
+
+TEST_F(DataParallel, ThreeRanksOfEightReproduceOneProcessOfTwentyFour) {
+  const std::string five = "--set train.max_steps=5";
+  auto r1 = train(1, 24, "np1_b24", five);
+  ASSERT_EQ(r1.exit_code, 0) << r1.output;
+  auto r3 = train(3, 8, "np3_b8", five);
+  ASSERT_EQ(r3.exit_code, 0) << r3.output;
+  ASSERT_EQ(step_losses(path("np1_b24")).size(), 5u);
+  expect_same_step_losses(path("np1_b24"), path("np3_b8"), 1e-5);
+  const fs::path ckpt = fs::path("checkpoints") / checkpoint_file_name(5);
+  EXPECT_TRUE(all_close(weights(path("np1_b24") / ckpt), weights(path("np3_b8") / ckpt)));
+}
+
 TEST_F(DataParallel, TwoAndFourRanksReproduceOneProcessWithTheSameGlobalBatch) {
   const std::string five = "--set train.max_steps=5";
   ASSERT_EQ(train(1, 16, "np1", five).exit_code, 0);

@@ -153,5 +153,110 @@ TEST(CheckpointValidation, TruncatedFilesAreCheckpointErrorsAtEveryCut) {
             std::string::npos);
 }
 
+
+// ---- device-neutral checkpoints (DESIGN.md "Checkpoints and outputs") ----------------------------
+
+namespace devices {
+
+// Every tensor of an archive and its child archives, by dotted name.
+void collect_tensors(torch::serialize::InputArchive& archive, const std::string& prefix,
+                     std::vector<std::pair<std::string, torch::Tensor>>* out) {
+  for (const auto& key : archive.keys()) {
+    torch::Tensor t;
+    torch::serialize::InputArchive child;
+    if (archive.try_read(key, child)) {
+      collect_tensors(child, prefix + key + ".", out);
+    } else if (archive.try_read(key, t) && t.defined()) {
+      out->emplace_back(prefix + key, t);
+    }
+  }
+}
+
+// A model and Adam that took two steps, so that every kind of optimizer state exists.
+std::unique_ptr<torch::optim::Adam> trained_adam(ResNet9& model) {
+  auto adam = std::make_unique<torch::optim::Adam>(model->parameters(),
+                                                   torch::optim::AdamOptions(0.01));
+  model->train();
+  for (int step = 0; step < 2; ++step) {
+    adam->zero_grad();
+    model->forward(torch::randn({4, 1, 16, 16})).square().mean().backward();
+    adam->step();
+  }
+  return adam;
+}
+
+TEST(CheckpointDevices, TheArchiveHoldsCpuTensorsOnlyAndAdamStateRoundTripsExactly) {
+  TempFolder tmp("ckpt_cpu");
+  torch::manual_seed(2);
+  ResNet9 model(small_options());
+  auto adam = trained_adam(model);
+  save_checkpoint(tmp / "a.pt", model, adam.get(), meta_for(small_options()));
+
+  torch::serialize::InputArchive archive;
+  archive.load_from((tmp / "a.pt").string());  // no map_location: the devices as written
+  std::vector<std::pair<std::string, torch::Tensor>> tensors;
+  collect_tensors(archive, "", &tensors);
+  ASSERT_GT(tensors.size(), 2 * model->parameters().size());  // weights and Adam moments
+  for (const auto& [name, t] : tensors) EXPECT_TRUE(t.device().is_cpu()) << name;
+
+  // Restored into fresh objects, one more step equals one more step of the originals.
+  torch::manual_seed(3);
+  ResNet9 other(small_options());
+  auto other_adam = std::make_unique<torch::optim::Adam>(other->parameters(),
+                                                         torch::optim::AdamOptions(0.01));
+  load_checkpoint_into(tmp / "a.pt", other, other_adam.get(), nullptr);
+  const auto input = torch::randn({4, 1, 16, 16});
+  for (auto* pair : {&model, &other}) {
+    ResNet9& m = *pair;
+    torch::optim::Adam& opt = pair == &model ? *adam : *other_adam;
+    torch::manual_seed(5);  // the same dropout mask for both
+    opt.zero_grad();
+    m->forward(input).square().mean().backward();
+    opt.step();
+  }
+  EXPECT_TRUE(same(snapshot(model), snapshot(other)));
+}
+
+// Loading goes through the model's device: the archive (read onto the CPU) is copied INTO the
+// model's own tensors and the optimizer state is moved to each parameter's device. LibTorch's
+// Module::load replaces a parameter's storage instead (set_ on the same device, set_data across
+// devices), which put every rank's weights on cuda:0; on this CPU-only machine that shows as new
+// storage, so the test pins that every tensor keeps its storage and gets the saved values.
+TEST(CheckpointDevices, LoadingCopiesIntoTheModelsOwnTensorsOnTheirDevice) {
+  TempFolder tmp("ckpt_device");
+  torch::manual_seed(4);
+  ResNet9 model(small_options());
+  auto adam = trained_adam(model);
+  save_checkpoint(tmp / "a.pt", model, adam.get(), meta_for(small_options()));
+
+  torch::manual_seed(6);
+  ResNet9 target(small_options());
+  torch::optim::Adam target_adam(target->parameters(), torch::optim::AdamOptions(0.01));
+  std::vector<const void*> storage;
+  for (const auto& p : target->parameters()) storage.push_back(p.data_ptr());
+  for (const auto& b : target->buffers()) storage.push_back(b.data_ptr());
+  load_checkpoint_into(tmp / "a.pt", target, &target_adam, nullptr);
+
+  std::size_t i = 0;
+  for (const auto& p : target->named_parameters()) {
+    EXPECT_EQ(p.value().data_ptr(), storage[i++]) << p.key() << " got new storage";
+  }
+  for (const auto& b : target->named_buffers()) {
+    EXPECT_EQ(b.value().data_ptr(), storage[i++]) << b.key() << " got new storage";
+  }
+  EXPECT_TRUE(same(snapshot(model), snapshot(target)));
+  const auto params = target->parameters();
+  ASSERT_EQ(target_adam.state().size(), params.size());
+  for (const auto& p : params) {
+    const auto& s = static_cast<const torch::optim::AdamParamState&>(
+        *target_adam.state().at(c10::guts::to_string(p.unsafeGetTensorImpl())));
+    EXPECT_EQ(s.exp_avg().device(), p.device());
+    EXPECT_EQ(s.exp_avg_sq().device(), p.device());
+    EXPECT_EQ(s.step(), 2);
+  }
+}
+
+}  // namespace devices
+
 }  // namespace
 }  // namespace fer

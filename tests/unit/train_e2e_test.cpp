@@ -68,17 +68,55 @@ void expect_same_weights(const fs::path& a, const fs::path& b) {
   }
 }
 
+constexpr int kE2EPerClass = 20, kE2ESize = 16;  // 112 train images -> 7 steps/epoch
+
+// The dataset and config are made once for the suite (packing is the slow part); every test
+// writes its runs into a folder of its own.
 class TrainerE2E : public ::testing::Test {
  protected:
-  void SetUp() override {
-    tmp_ = std::make_unique<TempFolder>(
-        std::string("train_") + ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    make_dataset(tmp_->path(), /*per_class=*/20, /*size=*/16);  // 112 train -> 7 steps/epoch
-    write_tiny_config(*tmp_ / "tiny.yaml");
+  static void SetUpTestSuite() {
+    suite_ = new TempFolder("train_e2e");
+    data_ = shared_dataset();
+    if (data_.empty()) {
+      make_dataset(suite_->path(), kE2EPerClass, kE2ESize);
+      data_ = *suite_ / "data";
+    }
+    write_tiny_config(*suite_ / "tiny.yaml");
   }
-  fs::path path(const std::string& name) const { return *tmp_ / name; }
-  std::unique_ptr<TempFolder> tmp_;
+  static void TearDownTestSuite() { delete suite_; }
+  void SetUp() override {
+    ASSERT_TRUE(fs::exists(data_ / kManifestName)) << "the suite's dataset is missing: " << data_;
+    runs_ = *suite_ / ::testing::UnitTest::GetInstance()->current_test_info()->name();
+    fs::create_directories(runs_);
+  }
+  // The suite's "data" and "tiny.yaml"; anything else is this test's own.
+  fs::path path(const std::string& name) const {
+    if (name == "data") return data_;
+    return name == "tiny.yaml" ? *suite_ / name : runs_ / name;
+  }
+  // The dataset packed once per ctest run by the e2e_dataset fixture (FER_E2E_DATA), or empty.
+  static fs::path shared_dataset() {
+    const char* dir = std::getenv("FER_E2E_DATA");
+    if (!dir || !fs::exists(fs::path(dir) / "data" / kManifestName)) return {};
+    return fs::path(dir) / "data";
+  }
+  static TempFolder* suite_;
+  static fs::path data_;
+  fs::path runs_;
 };
+TempFolder* TrainerE2E::suite_ = nullptr;
+fs::path TrainerE2E::data_;
+
+// The e2e_dataset CTest fixture (tests/CMakeLists.txt): packs TrainerE2E's dataset into
+// FER_E2E_DATA once, before the suite's tests, which ctest runs as separate processes.
+TEST(TrainerE2EDataset, DISABLED_Pack) {
+  const char* dir = std::getenv("FER_E2E_DATA");
+  ASSERT_NE(dir, nullptr) << "set FER_E2E_DATA";
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  make_dataset(dir, kE2EPerClass, kE2ESize);
+  EXPECT_TRUE(fs::exists(fs::path(dir) / "data" / kManifestName));
+}
 
 TEST_F(TrainerE2E, TwoEpochsPlusResumeEqualFourEpochsInWeightsAndMetrics) {
   auto full = run_command(train(path("tiny.yaml"), path("data"), path("full")));
