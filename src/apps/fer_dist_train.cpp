@@ -56,7 +56,7 @@ void write_report(const std::string& run_dir) {
   std::fflush(stdout);
   const ChildResult r = run_with_timeout({report.string(), run_dir, "-q"}, kTimeoutS);
   if (r.outcome == ChildOutcome::kTimedOut) {
-    spdlog::warn("fer-report {}: the run is complete, without its report (run {} {} to retry)",
+    spdlog::warn("fer-report {}: the run is complete without its report (run {} {} to retry)",
                  describe(r), report.string(), run_dir);
   } else if (!r.succeeded()) {
     spdlog::warn("no report: fer-report {} (run {} {} to see why); the run is complete",

@@ -130,7 +130,7 @@ std::string describe(const ChildResult& result) {
       return "killed by signal " + std::to_string(result.signal) + " (" +
              ::strsignal(result.signal) + ")";
     case ChildOutcome::kTimedOut:
-      return std::string("still running after ") + seconds + " s: killed";
+      return std::string("still running after ") + seconds + " s, killed";
     case ChildOutcome::kNotStarted:
       return "could not be started: " + result.error;
     case ChildOutcome::kLost:

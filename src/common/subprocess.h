@@ -43,7 +43,7 @@ ChildResult run_with_timeout(const std::vector<std::string>& argv, double timeou
 ChildResult wait_with_timeout(pid_t pid, double timeout_s);
 
 // One line for logs: "exited with 3", "killed by signal 11 (Segmentation fault)",
-// "still running after 120 s: killed", "could not be started: No such file or directory".
+// "still running after 120 s, killed", "could not be started: No such file or directory".
 std::string describe(const ChildResult& result);
 
 }  // namespace fer
