@@ -88,7 +88,7 @@ TEST_F(Timeline, TwoRankRunHasWellFormedSpansOfEveryPhaseOnEveryRank) {
   for (const auto& [rank, seen] : names) {
     for (const char* expected :
          {"data wait", "forward", "backward", "grad sync wait", "optimizer", "eval",
-          "grad allreduce bucket", "syncbn allreduce", "loss allreduce"}) {
+          "grad allreduce bucket", "syncbn allreduce", "step all-reduce"}) {
       EXPECT_TRUE(seen.count(expected)) << "rank " << rank << " has no '" << expected << "'";
     }
   }
