@@ -1,9 +1,11 @@
 // launch/slurm/train_cpu.sbatch on a real Slurm: a one-node cluster (munged, slurmctld, slurmd
 // from Debian's slurm-wlm) started by tests/slurm/local_slurm.sh under a temporary folder for
-// each test and stopped by its pid files at the end. Two behaviours:
+// each test and stopped by its pid files at the end. Three behaviours:
 //   - the job with 2 tasks completes: metrics from 2 ranks, a final checkpoint;
 //   - `scancel --signal=USR1` mid-run: the ranks checkpoint and exit 75, the script requeues the
-//     job, the requeued job resumes and ends with the same steps and metrics as the first.
+//     job, the requeued job resumes and ends with the same steps and metrics as the first;
+//   - a rank that dies once: the step ends at once (not after dist.comm_timeout_s), the script
+//     starts it again within the allocation (FER_MAX_RESTARTS) and the job completes.
 // Every wait is bounded; a failure prints the job's logs and the daemons' logs.
 // Label `slurm` (ctest -LE slurm leaves them out).
 #include <gtest/gtest.h>
@@ -37,6 +39,7 @@ constexpr int kPerRankBatch = 8;    // 112 train images / (2 x 8) = 7 steps per 
 constexpr int kEpochs = 6;          // 42 steps: a few seconds, long enough to signal mid-run
 constexpr int kJobTimeoutS = 240;   // per job, requeue included
 constexpr int kExitPreempted = 75;  // ExitCode::kPreempted
+constexpr int kCommTimeoutS = 60;   // dist.comm_timeout_s of the runs
 
 std::string script(const std::string& name) {
   return std::string(FER_SOURCE_DIR) + "/" + name;
@@ -106,7 +109,7 @@ class SlurmTrain : public ::testing::Test {
         << ", log_every: 1, threads: 1}\n"
            "data: {workers: 1}\n"
            "checkpoint: {keep_last: 2}\n"
-           "dist: {comm_timeout_s: 60}\n";
+           "dist: {comm_timeout_s: " << kCommTimeoutS << "}\n";
   }
 
   void TearDown() override {
@@ -137,9 +140,9 @@ class SlurmTrain : public ::testing::Test {
     return out + daemon_logs();
   }
 
-  // sbatch train_cpu.sbatch with kTasks tasks; returns the job id.
-  std::string submit(const fs::path& run) {
-    auto r = run_command(env_ + "sbatch --parsable --ntasks=" + std::to_string(kTasks) +
+  // sbatch train_cpu.sbatch with kTasks tasks and `env` (VAR=value ...); returns the job id.
+  std::string submit(const fs::path& run, const std::string& env = "") {
+    auto r = run_command(env_ + env + " sbatch --parsable --ntasks=" + std::to_string(kTasks) +
                          " --output=" + quote(*tmp_ / "job-%j.out") + " --chdir=" +
                          quote(tmp_->path()) + " " +
                          quote(script("launch/slurm/train_cpu.sbatch")) + " " +
@@ -208,7 +211,7 @@ TEST_F(SlurmTrain, SbatchCpuJobWithTwoTasksCompletesWithMetricsOfTwoRanksAndAFin
       << job_logs(run);
   EXPECT_TRUE(fs::exists(run / "checkpoints" / "best.pt"));
   const std::string job_log = read_file(run / "logs" / ("slurm-" + id + "-try0.log"));
-  EXPECT_NE(job_log.find("2 ranks"), std::string::npos) << job_log;
+  EXPECT_NE(job_log.find("2 rank(s), control mpi"), std::string::npos) << job_log;
 }
 
 TEST_F(SlurmTrain, UsrOneMidRunRequeuesTheJobWhichResumesToTheSameStepsAndMetrics) {
@@ -260,6 +263,78 @@ TEST_F(SlurmTrain, UsrOneMidRunRequeuesTheJobWhichResumesToTheSameStepsAndMetric
   EXPECT_EQ(summary["test"], ref_summary["test"]);
   EXPECT_EQ(summary["best_val_accuracy"], ref_summary["best_val_accuracy"]);
   EXPECT_EQ(numeric_metrics(run), numeric_metrics(reference));
+}
+
+// Seconds of a `scontrol show job` RunTime ([D-]HH:MM:SS).
+int run_seconds(const std::string& record) {
+  std::smatch m;
+  const std::string text = field(record, "RunTime");
+  if (!std::regex_match(text, m, std::regex("(?:(\\d+)-)?(\\d+):(\\d+):(\\d+)"))) return -1;
+  const int days = m[1].matched ? std::stoi(m[1].str()) : 0;
+  return ((days * 24 + std::stoi(m[2].str())) * 60 + std::stoi(m[3].str())) * 60 +
+         std::stoi(m[4].str());
+}
+
+// A FER_BIN that runs `first_start` (shell) the first time each rank starts (one marker file per
+// rank), then fer-dist-train: a one-off crash that the restart does not repeat.
+fs::path fault_once_wrapper(const fs::path& dir, const std::string& first_start) {
+  const fs::path marks = dir / "marks", wrapper = dir / "fault_once.sh";
+  fs::create_directories(marks);
+  std::ofstream(wrapper) << "#!/bin/sh\n"
+                            "mark="
+                         << quote(marks)
+                         << "/rank-${SLURM_PROCID:-0}\n"
+                            "if [ ! -e \"$mark\" ]; then\n"
+                            "  : > \"$mark\"\n  "
+                         << first_start
+                         << "\n"
+                            "fi\n"
+                            "exec "
+                         << quote(tool("fer-dist-train")) << " \"$@\"\n";
+  fs::permissions(wrapper, fs::perms::owner_all, fs::perm_options::add);
+  return wrapper;
+}
+
+TEST_F(SlurmTrain, ARankThatDiesOnceEndsTheStepAndTheJobRestartsWithinItsAllocation) {
+  // Rank 1 exits abruptly (code 99) at step 9, after the checkpoint of step 7.
+  fs::create_directories(*tmp_ / "mid_run");
+  const fs::path mid_run =
+      fault_once_wrapper(*tmp_ / "mid_run", "export FER_FAULT_INJECT=kind:exit,rank:1,step:9");
+  const fs::path run = *tmp_ / "crashed";
+  const std::string id = submit(run, "FER_BIN=" + quote(mid_run));
+  ASSERT_FALSE(id.empty());
+  const std::string record = wait_for_end(id, run);
+  ASSERT_EQ(field(record, "JobState"), "COMPLETED") << record << job_logs(run);
+  EXPECT_EQ(field(record, "Restarts"), "0") << record;  // restarted in place, not requeued
+  // The survivor did not wait for the dead rank until the communication timeout.
+  EXPECT_LT(run_seconds(record), kCommTimeoutS) << record << job_logs(run);
+
+  const std::string log = read_file(run / "logs" / ("slurm-" + id + "-try0.log"));
+  const auto restart = log.find("restart 1 of 2 in this allocation");
+  ASSERT_NE(restart, std::string::npos) << log;
+  const auto line = log.rfind('\n', restart) + 1;
+  std::printf("job ran %d s; %s\n", run_seconds(record),
+              log.substr(line, log.find('\n', restart) - line).c_str());
+  EXPECT_EQ(log.find("restart 2 of 2"), std::string::npos) << log;
+  EXPECT_NE(log.find("resuming from"), std::string::npos) << log;
+  EXPECT_NE(log.find("fer-dist-train exited with 0"), std::string::npos) << log;
+  const json summary = json::parse(read_file(run / "summary.json"));
+  EXPECT_EQ(summary["steps"], kEpochs * 7);
+  EXPECT_EQ(summary["world_size"], kTasks);
+
+  // Rank 1 fails before it joins the MPI job (a bad node): rank 0 would wait in MPI_Init with no
+  // timeout of ours; srun --kill-on-bad-exit ends the step, the restart completes the job.
+  fs::create_directories(*tmp_ / "at_start");
+  const fs::path at_start =
+      fault_once_wrapper(*tmp_ / "at_start", "[ \"$SLURM_PROCID\" = 1 ] && exit 3");
+  const fs::path run2 = *tmp_ / "failed_at_start";
+  const std::string id2 = submit(run2, "FER_BIN=" + quote(at_start));
+  ASSERT_FALSE(id2.empty());
+  const std::string record2 = wait_for_end(id2, run2);
+  ASSERT_EQ(field(record2, "JobState"), "COMPLETED") << record2 << job_logs(run2);
+  EXPECT_LT(run_seconds(record2), kCommTimeoutS) << record2 << job_logs(run2);
+  const std::string log2 = read_file(run2 / "logs" / ("slurm-" + id2 + "-try0.log"));
+  EXPECT_NE(log2.find("restart 1 of 2 in this allocation"), std::string::npos) << log2;
 }
 
 }  // namespace
