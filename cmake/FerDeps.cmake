@@ -5,7 +5,9 @@ find_package(yaml-cpp REQUIRED)
 find_package(nlohmann_json 3.9 REQUIRED)
 find_package(CLI11 REQUIRED)
 find_package(HDF5 REQUIRED COMPONENTS C)
-find_package(FerOpenCV REQUIRED)
+if(NOT FER_TRAINER_ONLY)
+  find_package(FerOpenCV REQUIRED)  # fer-pack, fer-synth, fer-predict, fer-report only
+endif()
 find_package(MPI REQUIRED COMPONENTS C)
 find_package(OpenSSL REQUIRED COMPONENTS Crypto)  # SHA-256 of shards (SHA-NI accelerated)
 
