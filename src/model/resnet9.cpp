@@ -54,13 +54,22 @@ void ResNet9Impl::set_allreduce(const AllReduceSum& allreduce) {
   }
 }
 
-torch::Tensor ResNet9Impl::forward(torch::Tensor x) {
+torch::Tensor ResNet9Impl::forward(torch::Tensor x) { return forward(std::move(x), {}); }
+
+torch::Tensor ResNet9Impl::forward(torch::Tensor x, const torch::Tensor& keep) {
   x = conv2_->forward(conv1_->forward(x));
   x = res1_->forward(x) + x;
   x = conv4_->forward(conv3_->forward(x));
   x = res2_->forward(x) + x;
   x = torch::amax(x, {2, 3});  // global max-pool + flatten
-  return classifier_->forward(dropout_->forward(x));
+  if (keep.defined() && is_training() && options_.dropout > 0) {
+    x = x * keep * (1.0 / (1.0 - options_.dropout));
+  } else {
+    x = dropout_->forward(x);
+  }
+  return classifier_->forward(x);
 }
+
+int ResNet9Impl::feature_size() const { return scaled_width(512, options_.width); }
 
 }  // namespace fer

@@ -45,8 +45,16 @@ TORCH_MODULE(ConvBlock);
 class ResNet9Impl : public torch::nn::Module {
  public:
   explicit ResNet9Impl(const ResNet9Options& options);
-  // x: [N, C, H, W] float, normalized. Returns logits [N, K].
+  // x: [N, C, H, W] float, normalized. Returns logits [N, K]. Dropout draws its own mask from
+  // torch's global generator.
   torch::Tensor forward(torch::Tensor x);
+  // The same, with the dropout mask given: `keep` [N, feature_size()] of 0/1 on x's device (the
+  // kept features are scaled by 1 / (1 - dropout), as torch's dropout does). In training mode
+  // only; eval mode ignores it. The trainer draws the mask per global sample so that N ranks
+  // reproduce one process (DESIGN.md "Sampling and augmentation").
+  torch::Tensor forward(torch::Tensor x, const torch::Tensor& keep);
+  // Features entering the dropout and the classifier (the last block's channels).
+  int feature_size() const;
   const ResNet9Options& options() const { return options_; }
   // Gives every SyncBatchNorm2d layer the all-reduce it uses in training (empty: a world of 1).
   // No effect when options().sync_bn is false.

@@ -1,5 +1,6 @@
 #include "train/trainer.h"
 
+#include <ATen/CPUGeneratorImpl.h>
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 #include <unistd.h>
@@ -24,7 +25,7 @@ using json = nlohmann::json;
 namespace fer {
 namespace {
 
-constexpr std::uint64_t kDropoutTag = 0xd509;  // derive_seed tag of per-step dropout seeds
+constexpr std::uint64_t kDropoutTag = 0xd50a;  // derive_seed tag of the per-step global dropout mask
 constexpr std::uint64_t kInitTag = 0x1417;     // derive_seed tag of the model initialization
 constexpr int kMinSide = 8;                    // ResNet9 pools three times
 
@@ -139,8 +140,8 @@ Trainer::Trainer(const TrainConfig& config, const TrainRunOptions& options)
   const int threads = configure_threads(options.threads > 0 ? options.threads
                                                             : config_.train.threads);
   if (leader_) check_blas();
-  const bool sync_bn =
-      config_.model.sync_bn == "on" || (config_.model.sync_bn == "auto" && world_ > 1);
+  sync_bn_ = config_.model.sync_bn == "on" || (config_.model.sync_bn == "auto" && world_ > 1);
+  const bool sync_bn = sync_bn_;
   spdlog::info("fer-dist-train: data {} ({} classes, {}x{}x{}), run {}, rank {} on {}, {} rank(s) "
                "x {} threads, SyncBN {}",
                options.data_dir.string(), manifest_.classes.size(), manifest_.height,
@@ -271,13 +272,11 @@ StepResult Trainer::train_step(Batch& batch) {
   const std::uint64_t step = static_cast<std::uint64_t>(state_.step);
   set_lr_and_beta1(*optimizer_, optimizer_kind_, schedule_->lr(state_.step),
                    schedule_->momentum(state_.step));
-  torch::manual_seed(derive_seed({static_cast<std::uint64_t>(config_.train.seed), kDropoutTag,
-                                  step, static_cast<std::uint64_t>(rank_)}));
   trace::Span forward_span("forward");
   const auto x = batch_images(batch, manifest_, device_);
   const auto y = batch_labels(batch, device_);
   for (auto& p : model_->parameters()) p.mutable_grad().reset();  // set_to_none
-  const auto logits = model_->forward(x);
+  const auto logits = model_->forward(x, dropout_keep(step, batch.size));
   auto loss = torch::nn::functional::cross_entropy(logits, y, ce_options_);
   if (fault_.fires(rank_, state_.step, "nan")) loss = loss * std::nan("");
   const auto correct = logits.argmax(1).eq(y).sum().item<std::int64_t>();
@@ -327,6 +326,22 @@ StepResult Trainer::agree_on_step(double local_loss, std::int64_t local_correct)
   r.stop = values[2] > 0 ? StopReason::kPreempt
                          : (values[3] > 0 ? StopReason::kInterrupt : StopReason::kNone);
   return r;
+}
+
+// Dropout per global sample (DESIGN.md "Sampling and augmentation"): the keep-mask of the whole
+// global batch is drawn from (seed, step) on every rank, on the CPU whatever the device, and this
+// rank takes its rows, so N ranks x B drop exactly what one process x N*B drops. Undefined when
+// the recipe has no dropout.
+torch::Tensor Trainer::dropout_keep(std::uint64_t step, int batch_size) const {
+  const double p = config_.model.dropout;
+  if (!(p > 0)) return {};
+  auto generator = at::make_generator<at::CPUGeneratorImpl>(
+      derive_seed({static_cast<std::uint64_t>(config_.train.seed), kDropoutTag, step}));
+  const std::int64_t global = static_cast<std::int64_t>(world_) * batch_size;
+  torch::Tensor keep = torch::empty({global, model_->feature_size()});
+  keep.bernoulli_(1.0 - p, generator);
+  return keep.narrow(0, static_cast<std::int64_t>(rank_) * batch_size, batch_size)
+      .to(device_, /*non_blocking=*/true);
 }
 
 void Trainer::skip_nonfinite_step(double loss) {
@@ -382,6 +397,7 @@ void Trainer::record_step(const StepResult& result, int batch_size) {
 // the others), then every rank throws.
 void Trainer::stop_run(StopReason reason) {
   progress_->clear();
+  average_bn_statistics();
   save_step_checkpoint();
   control_.barrier("checkpoint barrier before stopping");
   if (reason == StopReason::kPreempt) {
@@ -410,6 +426,30 @@ void Trainer::inject_faults() {
   }
 }
 
+// With SyncBN off each rank's BatchNorm layers track the statistics of its own batches: before an
+// evaluation or a checkpoint they are averaged over ranks (one packed all-reduce), so that every
+// rank evaluates, and rank 0 saves, the same model. A no-op with SyncBN (already identical).
+void Trainer::average_bn_statistics() {
+  if (sync_bn_ || !data_.active()) return;
+  std::vector<torch::Tensor> stats;
+  for (const auto& b : model_->named_buffers()) {
+    const std::string& name = b.key();
+    if (name.find("running_mean") != std::string::npos ||
+        name.find("running_var") != std::string::npos) {
+      stats.push_back(b.value());
+    }
+  }
+  if (stats.empty()) return;
+  torch::NoGradGuard no_grad;
+  torch::Tensor packed = torch::cat(stats);
+  data_.allreduce(packed, ReduceOp::kAvg, "BatchNorm running statistics average");
+  std::int64_t offset = 0;
+  for (auto& t : stats) {
+    t.copy_(packed.narrow(0, offset, t.numel()).view_as(t));
+    offset += t.numel();
+  }
+}
+
 EvalResult Trainer::evaluate_split(EvalLoader& loader) {
   const trace::Span span("eval");
   EvalResult r = evaluate(model_, loader, manifest_, device_);
@@ -420,6 +460,7 @@ EvalResult Trainer::evaluate_split(EvalLoader& loader) {
 // Evaluation, the epoch's metrics record, best.pt and the epoch checkpoint.
 void Trainer::end_epoch(double epoch_seconds) {
   progress_->clear();
+  average_bn_statistics();
   const EpochTotals& t = state_.epoch_totals;
   const bool epoch_done = state_.step_in_epoch >= steps_per_epoch_;
   const bool last = state_.epoch + 1 == config_.train.epochs || state_.step >= last_step_;

@@ -92,6 +92,8 @@ class Trainer {
   TrainSummary finish();
 
   StepResult agree_on_step(double local_loss, std::int64_t local_correct);
+  torch::Tensor dropout_keep(std::uint64_t step, int batch_size) const;
+  void average_bn_statistics();
   void skip_nonfinite_step(double loss);
   void record_step(const StepResult& result, int batch_size);
   void log_step(double lr, double beta1);
@@ -115,6 +117,7 @@ class Trainer {
   const std::filesystem::path ckpt_dir_;
   const FaultPlan fault_;
 
+  bool sync_bn_ = false;  // SyncBatchNorm layers (model.sync_bn, resolved for the world size)
   ResNet9 model_{nullptr};
   std::unique_ptr<torch::optim::Optimizer> optimizer_;
   OptimizerKind optimizer_kind_;

@@ -33,7 +33,7 @@ class DataParallel : public ::testing::Test {
                                                 "--size 16");  // 112 train images
     ASSERT_EQ(r.exit_code, 0) << r.output;
     std::ofstream(*tmp_ / "dp.yaml")
-        << "model: {width: 0.0625, dropout: 0.0}\n"
+        << "model: {width: 0.0625, dropout: 0.2}\n"  // the reference recipe's dropout
            "train: {epochs: 2, log_every: 1, threads: 1}\n"
            "data: {workers: 1}\n"
            "dist: {comm_timeout_s: 20}\n";
@@ -154,6 +154,29 @@ TEST_F(DataParallel, TwoAndFourRanksReproduceOneProcessWithTheSameGlobalBatch) {
   // Without SyncBN each rank normalizes by its own half batch: the result must differ, which
   // proves the statistics above really were synchronized.
   EXPECT_FALSE(all_close(w1, weights(path("np2_nosync") / ckpt)));
+}
+
+// With SyncBN off each rank's BatchNorm tracks its own batches; the running statistics are
+// averaged over ranks before every evaluation and checkpoint, so the validation metrics a run
+// reports are those of the checkpoint it saves.
+TEST_F(DataParallel, WithoutSyncBnTheReportedValidationIsThatOfTheSavedCheckpoint) {
+  auto r = train(2, 8, "nosync_eval", "--set model.sync_bn=off --set train.max_steps=7");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const fs::path best = path("nosync_eval") / "checkpoints" / "best.pt";
+  auto eval = run_command(tool("fer-dist-train") + " --eval-only " + quote(best) + " --data " +
+                          quote(path("data")));
+  ASSERT_EQ(eval.exit_code, 0) << eval.output;
+  const json evaluated = json::parse(eval.output.substr(eval.output.find('{')));
+  json reported;
+  std::ifstream in(path("nosync_eval") / "metrics.jsonl");
+  for (std::string line; std::getline(in, line);) {
+    const json j = json::parse(line);
+    if (j["type"] == "epoch") reported = j["val"];
+  }
+  ASSERT_FALSE(reported.is_null());
+  EXPECT_EQ(evaluated["val"]["confusion"], reported["confusion"]);
+  EXPECT_NEAR(evaluated["val"]["loss"].get<double>(), reported["loss"].get<double>(),
+              1e-6 * std::abs(reported["loss"].get<double>()));
 }
 
 TEST_F(DataParallel, OverlapOffGivesBitIdenticalResults) {
