@@ -159,6 +159,9 @@ int main(int argc, char** argv) {
     log_options.level = log_level;
     log_options.rank = rank;
     init_logging(log_options);
+    const RuntimeReport runtime = runtime_report(loaded_libraries());  // two CUDAs: refuse
+    spdlog::info("{}", runtime.describe());
+    if (!runtime.problem.empty()) throw ConfigError(runtime.problem, runtime.hint);
     spdlog::debug("{}", keep_freed_memory_for_reuse());
     install_preemption_handlers();
     if (!eval_only.empty()) {

@@ -5,6 +5,7 @@
 #include <torch/types.h>
 
 #include <string>
+#include <vector>
 
 namespace fer {
 
@@ -24,6 +25,31 @@ int bind_device_index(int local_rank, int visible_devices);
 
 // Sets intra-op threads: `requested` > 0, else OMP_NUM_THREADS, else all cores. Returns it.
 int configure_threads(int requested);
+
+// The CUDA libraries a process runs with, for the start-up log, and whether it can run at all.
+// A CUDA LibTorch brings its own libcudart.so.N; the NCCL backend links the toolkit's at build
+// time. When the two majors differ both get loaded, each with its own device state, and device
+// selection goes wrong without an error: such a process must not start.
+struct RuntimeReport {
+  std::string cuda_runtime = "none";  // "12.4" (cudaRuntimeGetVersion), "none" when not loaded
+  std::string cuda_driver = "none";   // "12.6" (cudaDriverGetVersion), "none" without a driver
+  std::string cudnn = "none";         // "9.1.0" (cudnnGetVersion)
+  std::string nccl = "none";          // "2.21.5" (ncclGetVersion)
+  std::vector<std::string> cuda_runtime_libraries;  // every libcudart.so.N loaded, as listed
+  std::string problem;  // why the process must not start ("" when it may), naming the libraries
+  std::string hint;     // how to fix `problem`
+  // One line for the log: "CUDA runtime 12.4 (libcudart.so.12), driver 12.6, cuDNN 9.1.0, ...".
+  std::string describe() const;
+};
+
+// Paths (or names) of the shared objects loaded in this process, from dl_iterate_phdr.
+std::vector<std::string> loaded_libraries();
+
+// What the libraries in `loaded` (paths or file names, e.g. loaded_libraries()) say. Versions are
+// asked of the library itself when it is loaded in this process, else read from a versioned file
+// name (libcudart.so.12.4.127 -> "12.4.127"). `problem` is set when libcudart.so.N with two
+// different N are listed.
+RuntimeReport runtime_report(const std::vector<std::string>& loaded);
 
 // Warns (once) when LibTorch runs on the slow reference BLAS instead of OpenBLAS. Returns the
 // path of the libblas in use ("" if none found).
