@@ -74,12 +74,24 @@ std::vector<std::int64_t> GradSync::bucket_numels() const {
 }
 
 void GradSync::on_gradient(std::size_t k, const at::Tensor& grad) {
+  if (!syncing_) return;  // a NoSync backward: the gradient accumulates in param.grad()
   FER_CHECK(!filled_[k], CommError, "GradSync: parameter ", k,
-            " received two gradients in one backward (a parameter used twice is not supported)");
+            " received two gradients in one backward (a parameter used twice, or two backward "
+            "passes before finish() without GradSync::NoSync)");
   filled_[k] = true;
   Bucket& b = buckets_[bucket_of_[k]];
   const Slot& slot = b.slots[slot_of_[k]];
   at::Tensor dest = b.buffer.narrow(0, slot.offset, slot.numel);
+  // The hook runs before autograd adds `grad` to param.grad(): what NoSync passes accumulated
+  // there is added here (with overlap off, finish() passes param.grad() itself, already summed).
+  const at::Tensor& accumulated = params_[k].grad();
+  if (options_.overlap && accumulated.defined()) {
+    at::add_out(dest, grad.reshape({-1}), accumulated.reshape({-1}));
+    dest.mul_(scale_);
+    ++b.ready;
+    issue_ready_buckets();
+    return;
+  }
   // Pre-scaled by 1/world on the way in, then summed: the average without a pass after the
   // all-reduce (exact for power-of-two worlds; the same on every rank and for overlap on/off).
   at::mul_out(dest, grad.reshape({-1}), scale_);

@@ -47,6 +47,25 @@ class GradSync {
   GradSync(const GradSync&) = delete;
   GradSync& operator=(const GradSync&) = delete;
 
+  // Gradient accumulation (as DDP's no_sync): while a NoSync lives, backward passes all-reduce
+  // nothing and gradients accumulate in param.grad(); the next synced backward all-reduces each
+  // parameter's accumulated gradient plus its new one, and finish() as usual. Every rank must run
+  // the same number of no-sync backward passes.
+  class NoSync {
+   public:
+    explicit NoSync(GradSync* sync) : sync_(sync) {
+      if (sync_) sync_->syncing_ = false;
+    }
+    ~NoSync() {
+      if (sync_) sync_->syncing_ = true;
+    }
+    NoSync(const NoSync&) = delete;
+    NoSync& operator=(const NoSync&) = delete;
+
+   private:
+    GradSync* sync_;
+  };
+
   // After backward: issues what is left, waits for every bucket, writes averaged gradients back.
   // `step` names the step in timeout messages. Throws CommError (a failed collective, or a
   // parameter that received two gradients in one backward).
@@ -86,6 +105,7 @@ class GradSync {
   std::vector<std::size_t> slot_of_;    // param index -> slot index within its bucket
   std::vector<bool> filled_;            // param got its gradient this step
   std::size_t next_to_issue_ = 0;
+  bool syncing_ = true;  // false while a NoSync lives
   std::vector<unsigned> hook_ids_;
   double last_wait_seconds_ = 0.0;
   double last_fill_seconds_ = 0.0;

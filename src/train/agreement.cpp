@@ -10,14 +10,16 @@
 namespace fer {
 namespace {
 
-// The config as far as it decides the numbers a run computes (see config_hash).
+// The config as far as it decides the numbers a run computes (see config_hash): the global batch,
+// not how it is split over ranks and micro-batches.
 TrainConfig numerics_only(TrainConfig c, int world) {
   c.train.threads = 0;
   c.data.workers = 1;
   c.data.prefetch_batches = 1;
   c.train.log_every = 1;
   c.train.max_steps = 0;
-  c.train.batch_size *= world;
+  c.train.batch_size *= world * c.train.accumulate_steps;
+  c.train.accumulate_steps = 1;
   c.dist.force_collectives = false;
   return c;
 }

@@ -13,7 +13,8 @@ class DataPlane;
 struct Manifest;
 
 // Hash of the config fields that change what a run computes (not threads, workers, logging,
-// max_steps, nor how the global batch is split over `world` ranks): a resume may change those.
+// max_steps, nor how the global batch is split over `world` ranks and train.accumulate_steps
+// micro-batches): a resume may change those.
 std::string config_hash(const TrainConfig& config, int world);
 
 // Collective (control plane): compares hashes of the resolved config, the manifest and the

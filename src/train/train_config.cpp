@@ -53,6 +53,7 @@ void TrainSection::describe(ConfigSchema& s) {
   s.field("threads", &threads);
   s.field("skip_nonfinite", &skip_nonfinite);
   s.field("max_steps", &max_steps);
+  s.field("accumulate_steps", &accumulate_steps);
 }
 
 void CheckpointConfig::describe(ConfigSchema& s) {
@@ -117,6 +118,8 @@ void TrainConfig::validate() const {
   require(train.log_every >= 1, "train.log_every", "must be >= 1");
   require(train.threads >= 0, "train.threads", "must be >= 0 (0 = automatic)");
   require(train.max_steps >= 0, "train.max_steps", "must be >= 0 (0 = no limit)");
+  require(train.accumulate_steps >= 1 && train.accumulate_steps <= 1024, "train.accumulate_steps",
+          "must be 1..1024 (1 = no accumulation)");
   require(checkpoint.every_epochs >= 1, "checkpoint.every_epochs", "must be >= 1");
   require(checkpoint.keep_last >= 1, "checkpoint.keep_last", "must be >= 1");
   require(one_of(dist.backend, {"auto", "mpi", "nccl"}), "dist.backend",

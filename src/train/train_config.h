@@ -63,6 +63,10 @@ struct TrainSection {
   int threads = 0;                // intra-op threads per rank; 0 = OMP_NUM_THREADS or all cores
   bool skip_nonfinite = false;    // skip a step whose loss is NaN/inf instead of stopping
   int max_steps = 0;              // stop after N optimizer steps (0 = all); for smoke tests
+  // Micro-batches of batch_size per optimizer step (gradient accumulation): the global batch is
+  // world_size * batch_size * accumulate_steps, and one rank with K reproduces K ranks (SyncBN
+  // off: SyncBN normalizes each micro-batch over the ranks, not over the K micro-batches).
+  int accumulate_steps = 1;
   void describe(ConfigSchema& s);
 };
 

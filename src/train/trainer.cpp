@@ -57,7 +57,7 @@ TrainConfig validated(TrainConfig c) {
 LoaderOptions loader_options(const TrainConfig& c) {
   LoaderOptions o;
   o.mode = c.data.loader;
-  o.batch_per_rank = c.train.batch_size;
+  o.batch_per_rank = c.train.batch_size * c.train.accumulate_steps;  // K micro-batches
   o.workers = c.data.workers;
   o.prefetch_batches = c.data.prefetch_batches;
   o.shuffle_buffer = c.data.shuffle_buffer;
@@ -266,22 +266,25 @@ void Trainer::train_epoch() {
 }
 
 // forward -> loss -> the step's one control all-reduce -> backward (gradients all-reduced in
-// buckets, overlapped) -> clip -> optimizer step with the schedule's lr and beta1.
+// buckets, overlapped) -> clip -> optimizer step with the schedule's lr and beta1. With
+// train.accumulate_steps K > 1 the batch holds K micro-batches: the first K-1 go forward and
+// backward first, without an all-reduce (accumulate_micro_batches).
 StepResult Trainer::train_step(Batch& batch) {
   inject_faults();
   const std::uint64_t step = static_cast<std::uint64_t>(state_.step);
   set_lr_and_beta1(*optimizer_, optimizer_kind_, schedule_->lr(state_.step),
                    schedule_->momentum(state_.step));
-  trace::Span forward_span("forward");
-  const auto x = batch_images(batch, manifest_, device_);
-  const auto y = batch_labels(batch, device_);
   for (auto& p : model_->parameters()) p.mutable_grad().reset();  // set_to_none
-  const auto logits = model_->forward(x, dropout_keep(step, batch.size));
-  auto loss = torch::nn::functional::cross_entropy(logits, y, ce_options_);
+  const MicroBatches in = micro_batches(batch, dropout_keep(step, batch.size));
+  LocalTotals local = accumulate_micro_batches(in);
+  trace::Span forward_span("forward");
+  const auto logits = model_->forward(in.x.back(), in.keep.back());
+  auto loss = loss_of(logits, in.y.back());
   if (fault_.fires(rank_, state_.step, "nan")) loss = loss * std::nan("");
-  const auto correct = logits.argmax(1).eq(y).sum().item<std::int64_t>();
+  local.loss += loss.item<double>();
+  local.correct += logits.argmax(1).eq(in.y.back()).sum().item<std::int64_t>();
   forward_span.end();
-  StepResult result = agree_on_step(loss.item<double>(), correct);
+  StepResult result = agree_on_step(local.loss, local.correct);
   if (!std::isfinite(result.loss)) {
     skip_nonfinite_step(result.loss);
     return result;
@@ -304,6 +307,39 @@ StepResult Trainer::train_step(Batch& batch) {
   optimizer_->step();
   result.trained = true;
   return result;
+}
+
+// A rank's batch on the device, split into train.accumulate_steps micro-batches (views).
+Trainer::MicroBatches Trainer::micro_batches(Batch& batch, const torch::Tensor& keep) const {
+  const int k = config_.train.accumulate_steps;
+  MicroBatches in;
+  in.x = batch_images(batch, manifest_, device_).chunk(k);
+  in.y = batch_labels(batch, device_).chunk(k);
+  in.keep = keep.defined() ? keep.chunk(k) : std::vector<torch::Tensor>(k);
+  return in;
+}
+
+// The loss to backpropagate: the micro-batch's mean cross-entropy, over K micro-batches.
+torch::Tensor Trainer::loss_of(const torch::Tensor& logits, const torch::Tensor& labels) const {
+  auto loss = torch::nn::functional::cross_entropy(logits, labels, ce_options_);
+  const int k = config_.train.accumulate_steps;
+  return k > 1 ? loss / k : loss;
+}
+
+// Forward and backward of every micro-batch but the last, gradients accumulated in param.grad()
+// without an all-reduce (GradSync::NoSync): the last one's backward all-reduces the sum.
+Trainer::LocalTotals Trainer::accumulate_micro_batches(const MicroBatches& in) {
+  LocalTotals local;
+  const GradSync::NoSync no_sync(grad_sync_.get());
+  for (std::size_t j = 0; j + 1 < in.x.size(); ++j) {
+    const trace::Span span("micro-batch");
+    const auto logits = model_->forward(in.x[j], in.keep[j]);
+    const auto loss = loss_of(logits, in.y[j]);
+    local.loss += loss.item<double>();
+    local.correct += logits.argmax(1).eq(in.y[j]).sum().item<std::int64_t>();
+    loss.backward();
+  }
+  return local;
 }
 
 // One all-reduce (sum) of {loss, correct, preempt flag, interrupt flag}: every rank leaves with

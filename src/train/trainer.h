@@ -25,6 +25,7 @@
 #include "common/logging.h"
 #include "data/loader.h"
 #include "data/manifest.h"
+#include "dist/grad_sync.h"
 #include "dist/planes.h"
 #include "model/resnet9.h"
 #include "train/checkpoint.h"
@@ -36,8 +37,6 @@
 #include "train/run.h"
 
 namespace fer {
-
-class GradSync;
 
 // Train statistics of the steps done in the current epoch, summed over ranks (the same on every
 // rank): what a checkpoint written mid-epoch carries so that a resumed run writes the same epoch
@@ -91,6 +90,17 @@ class Trainer {
   void end_epoch(double epoch_seconds);
   TrainSummary finish();
 
+  // A rank's batch as train.accumulate_steps micro-batches on the device.
+  struct MicroBatches {
+    std::vector<torch::Tensor> x, y, keep;  // keep: undefined without dropout
+  };
+  struct LocalTotals {
+    double loss = 0.0;  // sum of the micro-batches' losses (each already over K)
+    std::int64_t correct = 0;
+  };
+  MicroBatches micro_batches(Batch& batch, const torch::Tensor& keep) const;
+  torch::Tensor loss_of(const torch::Tensor& logits, const torch::Tensor& labels) const;
+  LocalTotals accumulate_micro_batches(const MicroBatches& in);
   StepResult agree_on_step(double local_loss, std::int64_t local_correct);
   torch::Tensor dropout_keep(std::uint64_t step, int batch_size) const;
   void average_bn_statistics();

@@ -223,6 +223,38 @@ TEST_F(PlanesTest, GradSyncGivesZerosForAParameterUnusedInAStep) {
                               mean_over_ranks(0, 10, world(), std::vector<bool>(world(), true))));
 }
 
+// Gradient accumulation: a backward under NoSync all-reduces nothing; the next one all-reduces
+// each parameter's accumulated gradient plus its new one, with overlap on and off alike.
+TEST_F(PlanesTest, GradSyncNoSyncAccumulatesAndTheNextBackwardReducesTheSum) {
+  std::vector<torch::Tensor> results[2];
+  for (int overlap = 0; overlap < 2; ++overlap) {
+    auto params = make_params({10, 2000});
+    GradSyncOptions o;
+    o.overlap = overlap == 1;
+    GradSync sync(params, groups_.data(), o);
+    const std::vector<bool> all(params.size(), true);
+    {
+      const GradSync::NoSync no_sync(&sync);
+      backward(params, rank(), all);  // micro-batch 1: accumulates locally
+    }
+    backward(params, rank() + 100, all);  // micro-batch 2: all-reduces the sum
+    sync.finish(0);
+    for (std::size_t k = 0; k < params.size(); ++k) {
+      torch::Tensor expected = torch::zeros({params[k].numel()});
+      for (int r = 0; r < world(); ++r) {
+        expected += grad_of(static_cast<int>(k), params[k].numel(), r) +
+                    grad_of(static_cast<int>(k), params[k].numel(), r + 100);
+      }
+      EXPECT_TRUE(torch::allclose(params[k].grad(), expected / world(), 1e-6, 1e-4))
+          << "parameter " << k << " overlap " << overlap;
+      results[overlap].push_back(params[k].grad().clone());
+    }
+  }
+  for (std::size_t k = 0; k < results[0].size(); ++k) {
+    EXPECT_TRUE(torch::allclose(results[0][k], results[1][k], 0, 1e-5)) << "parameter " << k;
+  }
+}
+
 // Two backward passes before finish() (e.g. gradient accumulation without a no-sync mode) would
 // all-reduce a gradient twice: refused on every rank alike.
 TEST_F(PlanesTest, GradSyncRefusesAGradientProducedTwiceInOneStep) {

@@ -156,6 +156,22 @@ TEST_F(DataParallel, TwoAndFourRanksReproduceOneProcessWithTheSameGlobalBatch) {
   EXPECT_FALSE(all_close(w1, weights(path("np2_nosync") / ckpt)));
 }
 
+// Gradient accumulation: one rank with K micro-batches of B reproduces K ranks of B (SyncBN off:
+// each micro-batch, like each rank, is normalized over its own B samples), for 10 steps.
+TEST_F(DataParallel, OneRankAccumulatingKMicroBatchesReproducesKRanks) {
+  const std::string ten = "--set train.max_steps=10 --set model.sync_bn=off";
+  for (int k : {2, 4}) {
+    const int b = 16 / k;
+    const std::string ranks = "ranks_k" + std::to_string(k), acc = "acc_k" + std::to_string(k);
+    auto r = train(k, b, ranks, ten);
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+    r = train(1, b, acc, ten + " --set train.accumulate_steps=" + std::to_string(k));
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+    ASSERT_EQ(step_losses(path(acc)).size(), 10u);
+    expect_same_step_losses(path(ranks), path(acc), 1e-5);
+  }
+}
+
 // With SyncBN off each rank's BatchNorm tracks its own batches; the running statistics are
 // averaged over ranks before every evaluation and checkpoint, so the validation metrics a run
 // reports are those of the checkpoint it saves.
