@@ -86,6 +86,7 @@ int main(int argc, char** argv) {
                          "data/fer2013 --out runs/r9 --device cuda --validate-only\n\n") +
              kExitCodes);
   std::string config_path, data_dir, run_dir, resume, device = "auto", eval_only;
+  std::string tta = "none";
   std::string log_level = "info";
   bool no_report = false;
   bool validate_only = false;
@@ -113,6 +114,11 @@ int main(int argc, char** argv) {
   app.add_option("--threads", threads, "intra-op threads (default: OMP_NUM_THREADS or all cores)");
   auto* eval_option = app.add_option("--eval-only", eval_only,
                                      "evaluate this checkpoint on val and test, then exit");
+  app.add_option("--tta", tta,
+                 "with --eval-only: test-time augmentation none | flip | ten_crop (training runs "
+                 "use eval.tta)")
+      ->check(CLI::IsMember({"none", "flip", "ten_crop"}))
+      ->capture_default_str();
   app.add_flag("--validate-only", validate_only,
                "check everything a run checks before it starts and exit 0 without training, "
                "communicating or looking for GPUs: the flags, the config with every --set "
@@ -167,7 +173,7 @@ int main(int argc, char** argv) {
     if (!eval_only.empty()) {
       if (rank == 0) {
         std::printf("%s\n",
-                    evaluate_checkpoint(eval_only, data_dir, device, 256, threads).c_str());
+                    evaluate_checkpoint(eval_only, data_dir, device, 256, threads, tta).c_str());
       }
       return 0;
     }

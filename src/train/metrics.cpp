@@ -76,4 +76,19 @@ double ConfusionMatrix::macro_f1() const {
   return used ? sum / used : 0.0;
 }
 
+std::vector<double> balanced_class_weights(const std::vector<std::int64_t>& counts) {
+  std::vector<double> w(counts.size(), 0.0);
+  double sum = 0.0;
+  int present = 0;
+  for (std::size_t c = 0; c < counts.size(); ++c) {
+    if (counts[c] <= 0) continue;
+    w[c] = 1.0 / static_cast<double>(counts[c]);
+    sum += w[c];
+    ++present;
+  }
+  if (present == 0) return {};
+  for (double& x : w) x *= present / sum;
+  return w;
+}
+
 }  // namespace fer

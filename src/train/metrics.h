@@ -35,4 +35,9 @@ class ConfusionMatrix {
   std::vector<std::int64_t> counts_;
 };
 
+// optim.class_weights=balanced: per class the inverse of its train count, normalised so that the
+// classes present weigh 1 on average; a class without train images weighs 0. Empty `counts` or
+// no image at all: empty.
+std::vector<double> balanced_class_weights(const std::vector<std::int64_t>& counts);
+
 }  // namespace fer

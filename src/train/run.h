@@ -36,10 +36,11 @@ struct TrainSummary {
 // CheckpointError, TrainingError, IoError; Preempted/Interrupted after the checkpoint is written.
 TrainSummary run_training(const TrainConfig& config, const TrainRunOptions& options);
 
-// Evaluates a checkpoint on the val and test splits of `data_dir`; prints a table and returns the
+// Evaluates a checkpoint on the val and test splits of `data_dir` with test-time augmentation
+// `tta` (none | flip | ten_crop, the crops of the default pad 4); prints a table and returns the
 // JSON of both evaluations.
 std::string evaluate_checkpoint(const std::filesystem::path& checkpoint,
                                 const std::filesystem::path& data_dir, const std::string& device,
-                                int batch_size, int threads);
+                                int batch_size, int threads, const std::string& tta = "none");
 
 }  // namespace fer

@@ -29,6 +29,7 @@ void OptimConfig::describe(ConfigSchema& s) {
   s.field("grad_clip_value", &grad_clip_value);
   s.field("grad_clip_norm", &grad_clip_norm);
   s.field("label_smoothing", &label_smoothing);
+  s.field("class_weights", &class_weights);
 }
 
 void ScheduleConfig::describe(ConfigSchema& s) {
@@ -56,6 +57,8 @@ void TrainSection::describe(ConfigSchema& s) {
   s.field("accumulate_steps", &accumulate_steps);
 }
 
+void EvalConfig::describe(ConfigSchema& s) { s.field("tta", &tta); }
+
 void CheckpointConfig::describe(ConfigSchema& s) {
   s.field("every_epochs", &every_epochs);
   s.field("keep_last", &keep_last);
@@ -75,6 +78,7 @@ void TrainConfig::describe(ConfigSchema& s) {
   s.section("optim", &optim);
   s.section("schedule", &schedule);
   s.section("train", &train);
+  s.section("eval", &eval);
   s.section("checkpoint", &checkpoint);
   s.section("dist", &dist);
 }
@@ -101,6 +105,10 @@ void TrainConfig::validate() const {
   require(model.dropout >= 0 && model.dropout < 1, "model.dropout", "must be in [0, 1)");
   require(one_of(model.sync_bn, {"auto", "on", "off"}), "model.sync_bn", "must be auto, on or off");
   require(one_of(optim.name, {"adam", "adamw"}), "optim.name", "must be adam or adamw");
+  require(one_of(optim.class_weights, {"none", "balanced"}), "optim.class_weights",
+          "must be none or balanced");
+  require(one_of(eval.tta, {"none", "flip", "ten_crop"}), "eval.tta",
+          "must be none, flip or ten_crop");
   require(optim.weight_decay >= 0, "optim.weight_decay", "must be >= 0");
   require(optim.betas.size() == 2 && optim.betas[0] >= 0 && optim.betas[0] < 1 &&
               optim.betas[1] >= 0 && optim.betas[1] < 1,

@@ -37,6 +37,9 @@ struct OptimConfig {
   double grad_clip_value = 0.1;         // clip each gradient element to [-v, v]; 0 = off
   double grad_clip_norm = 0.0;          // clip the global L2 norm; 0 = off
   double label_smoothing = 0.0;         // cross-entropy label smoothing
+  // none | balanced: per-class loss weights = inverse train frequency (manifest counts),
+  // normalised to mean 1; the loss is the mean over samples of weight[label] * cross-entropy.
+  std::string class_weights = "none";
   void describe(ConfigSchema& s);
 };
 
@@ -70,6 +73,14 @@ struct TrainSection {
   void describe(ConfigSchema& s);
 };
 
+struct EvalConfig {
+  // Test-time augmentation of validation/test: none | flip (image + mirror) | ten_crop (the five
+  // pad-and-crop positions of training's augmentation, centre and corners, each mirrored);
+  // class probabilities averaged over the views.
+  std::string tta = "none";
+  void describe(ConfigSchema& s);
+};
+
 struct CheckpointConfig {
   int every_epochs = 1;    // write a checkpoint every N epochs (and at the end)
   int keep_last = 3;       // newest checkpoints kept, plus best.pt
@@ -91,6 +102,7 @@ struct TrainConfig {
   OptimConfig optim;
   ScheduleConfig schedule;
   TrainSection train;
+  EvalConfig eval;
   CheckpointConfig checkpoint;
   DistConfig dist;
   void describe(ConfigSchema& s);

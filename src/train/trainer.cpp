@@ -2,6 +2,7 @@
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <nlohmann/json.hpp>
+#include <spdlog/fmt/ranges.h>
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 
@@ -177,6 +178,14 @@ Trainer::Trainer(const TrainConfig& config, const TrainRunOptions& options)
                    ? std::min<std::int64_t>(total_steps, config_.train.max_steps)
                    : total_steps;
   ce_options_.label_smoothing(config_.optim.label_smoothing);
+  if (config_.optim.class_weights == "balanced") {
+    const auto weights = balanced_class_weights(manifest_.split("train").class_counts);
+    class_weights_ = torch::tensor(weights, torch::kFloat32).to(device_);
+    ce_options_.reduction(torch::kNone);  // weighted per sample, then the plain mean
+    spdlog::info("class weights (balanced): {}", fmt::join(weights, ", "));
+  }
+  eval_options_.tta = parse_tta(config_.eval.tta);
+  eval_options_.pad = config_.data.pad;
 }
 
 Trainer::~Trainer() = default;
@@ -322,6 +331,9 @@ Trainer::MicroBatches Trainer::micro_batches(Batch& batch, const torch::Tensor& 
 // The loss to backpropagate: the micro-batch's mean cross-entropy, over K micro-batches.
 torch::Tensor Trainer::loss_of(const torch::Tensor& logits, const torch::Tensor& labels) const {
   auto loss = torch::nn::functional::cross_entropy(logits, labels, ce_options_);
+  // Weighted per sample and averaged over the samples (not over their weights, as torch's
+  // weighted mean does): so N ranks' mean of means is still the global batch's.
+  if (class_weights_.defined()) loss = (loss * class_weights_.index_select(0, labels)).mean();
   const int k = config_.train.accumulate_steps;
   return k > 1 ? loss / k : loss;
 }
@@ -488,7 +500,7 @@ void Trainer::average_bn_statistics() {
 
 EvalResult Trainer::evaluate_split(EvalLoader& loader) {
   const trace::Span span("eval");
-  EvalResult r = evaluate(model_, loader, manifest_, device_);
+  EvalResult r = evaluate(model_, loader, manifest_, device_, eval_options_);
   reduce_eval(&r, control_);
   return r;
 }
@@ -634,7 +646,8 @@ TrainSummary run_training(const TrainConfig& config, const TrainRunOptions& opti
 }
 
 std::string evaluate_checkpoint(const fs::path& checkpoint, const fs::path& data_dir,
-                                const std::string& device_name, int batch_size, int threads) {
+                                const std::string& device_name, int batch_size, int threads,
+                                const std::string& tta) {
   configure_threads(threads);
   check_blas();
   const torch::Device device = resolve_device(device_name);
@@ -651,11 +664,13 @@ std::string evaluate_checkpoint(const fs::path& checkpoint, const fs::path& data
   for (const char* split : {"val", "test"}) {
     if (!manifest.splits.count(split)) continue;
     EvalLoader loader(data_dir, manifest, split, 1, 0, batch_size);
-    const EvalResult r = evaluate(model, loader, manifest, device);
+    EvalOptions options;
+    options.tta = parse_tta(tta);
+    const EvalResult r = evaluate(model, loader, manifest, device, options);
     out[split] = eval_json(r, manifest.classes);
-    std::printf("%-5s accuracy %.4f  macro-F1 %.4f  loss %.4f  (%lld images)\n", split,
+    std::printf("%-5s accuracy %.4f  macro-F1 %.4f  loss %.4f  (%lld images, TTA %s)\n", split,
                 r.confusion.accuracy(), r.confusion.macro_f1(), r.loss,
-                static_cast<long long>(r.confusion.total()));
+                static_cast<long long>(r.confusion.total()), to_string(r.tta));
   }
   return out.dump(2);
 }

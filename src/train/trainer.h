@@ -137,6 +137,8 @@ class Trainer {
   std::optional<OneCycleSchedule> schedule_;
   std::int64_t steps_per_epoch_ = 0, last_step_ = 0;
   torch::nn::functional::CrossEntropyFuncOptions ce_options_;
+  torch::Tensor class_weights_;  // [K] on the device (optim.class_weights=balanced), else undefined
+  EvalOptions eval_options_;
 
   RunState state_;
   std::optional<std::filesystem::path> resume_path_;

@@ -117,6 +117,17 @@ void expect_same_step_losses(const fs::path& reference, const fs::path& run, dou
   }
 }
 
+// Balanced class weights average per sample (not per weight sum): still N x B = 1 x N*B.
+TEST_F(DataParallel, ClassWeightedLossKeepsTheEquivalence) {
+  const std::string opts = "--set train.max_steps=5 --set optim.class_weights=balanced";
+  auto r1 = train(1, 16, "cw_np1", opts);
+  ASSERT_EQ(r1.exit_code, 0) << r1.output;
+  auto r2 = train(2, 8, "cw_np2", opts);
+  ASSERT_EQ(r2.exit_code, 0) << r2.output;
+  ASSERT_EQ(step_losses(path("cw_np1")).size(), 5u);
+  expect_same_step_losses(path("cw_np1"), path("cw_np2"), 1e-5);
+}
+
 TEST_F(DataParallel, ThreeRanksOfEightReproduceOneProcessOfTwentyFour) {
   const std::string five = "--set train.max_steps=5";
   auto r1 = train(1, 24, "np1_b24", five);

@@ -285,6 +285,41 @@ TEST_F(TrainerE2E, BadInputGetsItsDocumentedExitCode) {
   EXPECT_NE(r.output.find("checksum"), std::string::npos) << r.output;
 }
 
+// eval.tta and optim.class_weights: the run trains with the weighted loss, evaluates with ten
+// crops, and says so in metrics.jsonl and summary.json; --eval-only --tta evaluates the same way.
+TEST_F(TrainerE2E, TestTimeAugmentationAndClassWeightsAreUsedAndReported) {
+  auto r = run_command(train(path("tiny.yaml"), path("data"), path("tta"),
+                             "--set train.epochs=1 --set eval.tta=ten_crop "
+                             "--set optim.class_weights=balanced"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("class weights (balanced)"), std::string::npos) << r.output;
+  const json summary = json::parse(read_file(path("tta") / "summary.json"));
+  EXPECT_EQ(summary["test"]["tta"], "ten_crop");
+  bool saw_epoch = false;
+  for (const auto& m : numeric_metrics(path("tta"))) {
+    if (m["type"] != "epoch") continue;
+    saw_epoch = true;
+    EXPECT_EQ(m["val"]["tta"], "ten_crop");
+  }
+  EXPECT_TRUE(saw_epoch);
+  const std::string best = quote(path("tta") / "checkpoints" / "best.pt");
+  auto plain = run_command(tool("fer-dist-train") + " --eval-only " + best + " --data " +
+                           quote(path("data")));
+  auto crops = run_command(tool("fer-dist-train") + " --eval-only " + best + " --data " +
+                           quote(path("data")) + " --tta ten_crop");
+  ASSERT_EQ(plain.exit_code, 0) << plain.output;
+  ASSERT_EQ(crops.exit_code, 0) << crops.output;
+  EXPECT_NE(crops.output.find("TTA ten_crop"), std::string::npos) << crops.output;
+  const json a = json::parse(plain.output.substr(plain.output.find('{')));
+  const json b = json::parse(crops.output.substr(crops.output.find('{')));
+  EXPECT_EQ(a["test"]["tta"], "none");
+  // The run's own test evaluation (ten crops, one process) is what --eval-only --tta computes.
+  EXPECT_EQ(b["test"]["confusion"], summary["test"]["confusion"]);
+  EXPECT_NE(a["test"]["loss"], b["test"]["loss"]);  // the views really are averaged
+  r = run_command(train(path("tiny.yaml"), path("data"), path("bad"), "--set eval.tta=five"));
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+}
+
 TEST_F(TrainerE2E, EvalOnlyReportsValAndTestOfACheckpoint) {
   ASSERT_EQ(run_command(train(path("tiny.yaml"), path("data"), path("run"),
                               "--set train.epochs=1"))
