@@ -5,22 +5,26 @@
 #   pack   tests/bench/pack/run.sh   fer-pack vs a PIL + h5py script (10,000 PNGs)
 #   train  tests/bench/train/run.sh  train step, end-to-end epoch, loader vs resnet9_ref.py
 #   dist   tests/bench/dist/run.sh   GradSync vs raw MPI_Allreduce, np2 vs np1 scaling
-# Usage: tests/bench/run_all.sh [pack] [train] [dist]   (default: all three; ~15 min on 2 cores)
+#   optim  tests/bench/train/run_optimizer.sh   optimizer step: FusedAdam vs LibTorch's Adam
+# Usage: tests/bench/run_all.sh [pack] [train] [dist] [optim]   (default: all four; ~16 min on
+# 2 cores)
 # Needs a build (BUILD_DIR, default build/) with the benchmark targets and
 # `launch/install-deps.sh --bench`. Ratios are measured side by side in one run; a machine shared
 # with other jobs makes them noisy: the table shows the load average.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 benches=("$@")
-(( ${#benches[@]} )) || benches=(pack train dist)
+(( ${#benches[@]} )) || benches=(pack train dist optim)
 log=${LOG_DIR:-$(mktemp -d /tmp/fer-bench-all.XXXXXX)}
 mkdir -p "$log"
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 for b in "${benches[@]}"; do
-  [[ -x "$root/tests/bench/$b/run.sh" ]] || { echo "unknown benchmark '$b' (pack, train, dist)" >&2; exit 2; }
+  script=$root/tests/bench/$b/run.sh
+  [[ $b == optim ]] && script=$root/tests/bench/train/run_optimizer.sh
+  [[ -x "$script" ]] || { echo "unknown benchmark '$b' (pack, train, dist, optim)" >&2; exit 2; }
   echo "run_all: $b ... (log: $log/$b.log)" >&2
   start=$(date +%s)
-  "$root/tests/bench/$b/run.sh" >"$log/$b.log" 2>&1 ||
+  "$script" >"$log/$b.log" 2>&1 ||
     { echo "run_all: $b failed:" >&2; tail -20 "$log/$b.log" >&2; exit 1; }
   echo "run_all: $b done in $(( $(date +%s) - start )) s" >&2
 done
