@@ -96,7 +96,8 @@ bool one_of(const std::string& v, std::initializer_list<const char*> options) {
 }  // namespace
 
 void TrainConfig::validate() const {
-  require(one_of(data.loader, {"memory", "stream"}), "data.loader", "must be memory or stream");
+  require(one_of(data.loader, {"auto", "memory", "stream", "device"}), "data.loader",
+          "must be auto, memory, stream or device");
   require(data.workers >= 1 && data.workers <= 64, "data.workers", "must be 1..64");
   require(data.prefetch_batches >= 1, "data.prefetch_batches", "must be >= 1");
   require(data.shuffle_buffer >= 1, "data.shuffle_buffer", "must be >= 1");

@@ -12,7 +12,9 @@ namespace fer {
 class ConfigSchema;
 
 struct DataConfig {
-  std::string loader = "memory";  // memory (split in RAM) | stream (shards read in blocks)
+  // auto (device on CUDA, else memory) | memory (split in RAM, threads augment) | stream (shards
+  // read in blocks) | device (split on the model's device, augmented there by tensor ops)
+  std::string loader = "auto";
   int workers = 2;                // background threads preparing batches
   int prefetch_batches = 4;       // batches prepared ahead of the training thread
   int shuffle_buffer = 4096;      // images, stream mode only

@@ -19,6 +19,7 @@
 #include "dist/grad_sync.h"
 #include "train/agreement.h"
 #include "train/device.h"
+#include "train/train_batches.h"
 
 namespace fs = std::filesystem;
 using json = nlohmann::json;
@@ -167,11 +168,13 @@ Trainer::Trainer(const TrainConfig& config, const TrainRunOptions& options)
     });
   }
   optimizer_ = make_optimizer(config_.optim, config_.schedule.max_lr, model_);
-  loader_ = std::make_unique<TrainLoader>(options.data_dir, manifest_, world_, rank_,
-                                          loader_options(config_));
+  LoaderOptions loading = loader_options(config_);
+  loading.mode = resolve_loader_mode(config_.data.loader, device_);
+  batches_ = std::make_unique<TrainBatches>(options.data_dir, manifest_, world_, rank_, loading,
+                                            device_);
   val_loader_ = std::make_unique<EvalLoader>(options.data_dir, manifest_, "val", world_, rank_,
                                              config_.train.eval_batch_size);
-  steps_per_epoch_ = loader_->steps_per_epoch();
+  steps_per_epoch_ = batches_->steps_per_epoch();
   const std::int64_t total_steps = steps_per_epoch_ * config_.train.epochs;
   schedule_.emplace(schedule_options(config_.schedule, config_.optim.betas[0], total_steps));
   last_step_ = config_.train.max_steps > 0
@@ -256,20 +259,20 @@ TrainSummary Trainer::run() {
 }
 
 void Trainer::train_epoch() {
-  loader_->start_epoch(state_.epoch, state_.step_in_epoch);
+  batches_->start_epoch(state_.epoch, state_.step_in_epoch);
   progress_->start_epoch(state_.epoch, state_.step_in_epoch);
   model_->train();
   window_start_ = Clock::now();
   window_images_ = 0;
-  Batch batch;
+  torch::Tensor images, labels;
   while (state_.step < last_step_) {
     timeline_->before_step(state_.step);
     {
       const trace::Span span("data wait");
-      if (!loader_->next(&batch)) break;
+      if (!batches_->next(&images, &labels)) break;
     }
-    const StepResult result = train_step(batch);
-    record_step(result, batch.size);
+    const StepResult result = train_step(images, labels);
+    record_step(result, static_cast<int>(images.size(0)));
     if (result.stop != StopReason::kNone) stop_run(result.stop);
   }
 }
@@ -278,13 +281,14 @@ void Trainer::train_epoch() {
 // buckets, overlapped) -> clip -> optimizer step with the schedule's lr and beta1. With
 // train.accumulate_steps K > 1 the batch holds K micro-batches: the first K-1 go forward and
 // backward first, without an all-reduce (accumulate_micro_batches).
-StepResult Trainer::train_step(Batch& batch) {
+StepResult Trainer::train_step(const torch::Tensor& images, const torch::Tensor& labels) {
   inject_faults();
   const std::uint64_t step = static_cast<std::uint64_t>(state_.step);
   set_lr_and_beta1(*optimizer_, optimizer_kind_, schedule_->lr(state_.step),
                    schedule_->momentum(state_.step));
   for (auto& p : model_->parameters()) p.mutable_grad().reset();  // set_to_none
-  const MicroBatches in = micro_batches(batch, dropout_keep(step, batch.size));
+  const MicroBatches in =
+      micro_batches(images, labels, dropout_keep(step, static_cast<int>(images.size(0))));
   LocalTotals local = accumulate_micro_batches(in);
   trace::Span forward_span("forward");
   const auto logits = model_->forward(in.x.back(), in.keep.back());
@@ -319,11 +323,13 @@ StepResult Trainer::train_step(Batch& batch) {
 }
 
 // A rank's batch on the device, split into train.accumulate_steps micro-batches (views).
-Trainer::MicroBatches Trainer::micro_batches(Batch& batch, const torch::Tensor& keep) const {
+Trainer::MicroBatches Trainer::micro_batches(const torch::Tensor& images,
+                                             const torch::Tensor& labels,
+                                             const torch::Tensor& keep) const {
   const int k = config_.train.accumulate_steps;
   MicroBatches in;
-  in.x = batch_images(batch, manifest_, device_).chunk(k);
-  in.y = batch_labels(batch, device_).chunk(k);
+  in.x = images.chunk(k);
+  in.y = labels.chunk(k);
   in.keep = keep.defined() ? keep.chunk(k) : std::vector<torch::Tensor>(k);
   return in;
 }

@@ -34,6 +34,7 @@
 #include "train/one_cycle.h"
 #include "train/optimizer.h"
 #include "train/progress.h"
+#include "train/train_batches.h"
 #include "train/run.h"
 
 namespace fer {
@@ -85,7 +86,7 @@ class Trainer {
   TrainSummary run();
 
  private:
-  StepResult train_step(Batch& batch);
+  StepResult train_step(const torch::Tensor& images, const torch::Tensor& labels);
   void train_epoch();
   void end_epoch(double epoch_seconds);
   TrainSummary finish();
@@ -98,7 +99,8 @@ class Trainer {
     double loss = 0.0;  // sum of the micro-batches' losses (each already over K)
     std::int64_t correct = 0;
   };
-  MicroBatches micro_batches(Batch& batch, const torch::Tensor& keep) const;
+  MicroBatches micro_batches(const torch::Tensor& images, const torch::Tensor& labels,
+                             const torch::Tensor& keep) const;
   torch::Tensor loss_of(const torch::Tensor& logits, const torch::Tensor& labels) const;
   LocalTotals accumulate_micro_batches(const MicroBatches& in);
   StepResult agree_on_step(double local_loss, std::int64_t local_correct);
@@ -132,7 +134,7 @@ class Trainer {
   std::unique_ptr<torch::optim::Optimizer> optimizer_;
   OptimizerKind optimizer_kind_;
   std::unique_ptr<GradSync> grad_sync_;
-  std::unique_ptr<TrainLoader> loader_;
+  std::unique_ptr<TrainBatches> batches_;
   std::unique_ptr<EvalLoader> val_loader_;
   std::optional<OneCycleSchedule> schedule_;
   std::int64_t steps_per_epoch_ = 0, last_step_ = 0;
