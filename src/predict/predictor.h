@@ -4,14 +4,20 @@
 // emotions per face. The checkpoint alone describes the model (classes, normalization, image
 // shape, model options).
 //
-// Threading: a Predictor is used from one thread at a time (the model and the cascade are not
-// shared-safe); LibTorch parallelizes each batch internally.
+// Threading: detect()/prepare() and classify() may run at the same time on two threads (the
+// cascade and the model share no mutable state; the video pipeline overlaps them); otherwise a
+// Predictor is used from one thread at a time. LibTorch parallelizes each batch internally,
+// OpenCV each detection.
 #pragma once
 
+#include <cstddef>
 #include <filesystem>
 #include <memory>
+#include <opencv2/core.hpp>
 #include <string>
 #include <vector>
+
+#include "predict/face_box.h"
 
 namespace fer {
 
@@ -28,10 +34,18 @@ struct PredictOptions {
   int top_k = 3;               // emotions listed per face (capped at the classes)
   int batch_size = 64;         // faces per forward pass
   std::string device = "cpu";  // cpu | cuda | cuda:N | auto
+  int threads = 0;             // > 0: LibTorch's and OpenCV's worker threads, process-wide;
+                               // 0 keeps their defaults (all cores)
 };
 
-struct FaceBox {
-  int x = 0, y = 0, width = 0, height = 0;  // pixels of the original image
+// How the cascade scans an image. Its cost grows with the pixels, the edges in them and the
+// number of window sizes: on a textured 640x480 frame (tests/bench/predict) a full-size scan in
+// 1.1 steps took ~110 ms of CPU, at 320 px width ~35 ms, at 320 px in 1.2 steps ~20 ms, finding
+// the same faces.
+struct DetectScan {
+  int max_width = 0;        // a wider image is scanned scaled down to this width (0: full size);
+                            // faces below 24 px at that scale (the cascade's window) are missed
+  double scale_step = 1.1;  // size ratio of successive windows (OpenCV's scaleFactor), > 1
 };
 
 struct ClassScore {
@@ -67,10 +81,38 @@ class Predictor {
 
   const std::vector<std::string>& classes() const;
 
+  // The steps predict() is made of, for callers with frames instead of files (src/predict/video.h):
+  // detect, prepare every face, classify the prepared faces in batches.
+
+  // An 8-bit BGR picture (OpenCV's decoders' order) in the checkpoint's channels (gray or RGB).
+  cv::Mat from_bgr(const cv::Mat& bgr) const;
+  // Face boxes in `image` (the checkpoint's channels), in pixels of `image`, in reading order;
+  // the whole image when face detection is off. The defaults scan pictures as fer-predict always
+  // did; the video pipeline scans coarser and smaller, as its frame rate depends on it.
+  std::vector<FaceBox> detect(const cv::Mat& image, const DetectScan& scan = {});
+  // Floats of one prepared face: channels x height x width of the checkpoint.
+  std::size_t face_floats() const;
+  // The face at `box` of `image` (the checkpoint's channels) as the model takes it: cropped with
+  // the margin (border pixels repeated outside the image), resized like fer-pack, normalized with
+  // the checkpoint's mean/std; written to out[face_floats()].
+  void prepare(const cv::Mat& image, const FaceBox& box, float* out) const;
+  // Softmax probabilities of `n` prepared faces (n * face_floats() floats, one after the other):
+  // n rows of classes().size() values, row-major. n may exceed batch_size (split internally).
+  std::vector<float> classify(const float* faces, int n);
+
  private:
   struct State;
   std::unique_ptr<State> state_;
 };
+
+// Worker threads of the calling thread's LibTorch forward passes and of OpenCV (process-wide),
+// each at least 1. LibTorch's OpenMP thread count is a per-thread setting: a thread that runs
+// forward passes calls this itself.
+void set_compute_threads(int torch_threads, int opencv_threads);
+
+// The k best of `probabilities` (one per label), best first; equal values in label order.
+std::vector<ClassScore> top_scores(const float* probabilities,
+                                   const std::vector<std::string>& labels, int k);
 
 // Expands IMAGE_OR_DIR arguments: a file is taken as is (even with an odd extension, so a bad
 // one is reported), a folder contributes its image files (by extension, recursively, sorted,
