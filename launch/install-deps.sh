@@ -14,6 +14,7 @@ packages=(
   libhdf5-dev                         # dataset shards
   libssl-dev                          # SHA-256 of shards (libcrypto)
   libopencv-core-dev libopencv-imgproc-dev libopencv-imgcodecs-dev libopencv-objdetect-dev
+  libopencv-videoio-dev               # fer-predict on videos/cameras (FFmpeg backend: libavcodec59)
   opencv-data                         # Haar cascades for fer-predict
   libspdlog-dev libfmt-dev libyaml-cpp-dev libcli11-dev nlohmann-json3-dev
   libgtest-dev googletest

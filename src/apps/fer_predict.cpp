@@ -1,14 +1,21 @@
-// fer-predict: facial expressions of the faces in pictures, from a fer-dist-train checkpoint (see
-// --help). Flags and output formatting only; the work is in src/predict.
+// fer-predict: facial expressions of the faces in pictures, videos and camera streams, from a
+// fer-dist-train checkpoint (see --help). Flags and output formatting only; the work is in
+// src/predict.
 #include <CLI/CLI.hpp>
+#include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <map>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
 
+#include "common/cancel.h"
 #include "common/errors.h"
 #include "common/logging.h"
 #include "predict/predictor.h"
+#include "predict/video.h"
+#include "predict/video_output.h"
 
 using namespace fer;
 namespace fs = std::filesystem;
@@ -18,26 +25,42 @@ namespace {
 
 constexpr const char* kExitCodes =
     "Exit codes:\n"
-    "  0  every picture was read (pictures without a face included)\n"
-    "  2  usage (bad flags, no face detector cascade)\n"
-    "  3  a picture is missing or could not be read or decoded (named on stderr; the others\n"
-    "     were still processed and printed)\n"
-    "  4  I/O error writing --annotate pictures\n"
-    "  6  the checkpoint cannot be read\n";
+    "  0    every input was read (inputs without a face included); a camera stream ended by\n"
+    "       Ctrl-C\n"
+    "  2    usage (bad flags, no face detector cascade)\n"
+    "  3    a picture or video is missing or could not be read or decoded, a video is empty or\n"
+    "       truncated, a camera does not open (each named on stderr; the others were still\n"
+    "       processed and printed)\n"
+    "  4    I/O error writing --annotate or --timeline-png outputs\n"
+    "  6    the checkpoint cannot be read\n"
+    "  130  Ctrl-C during a video file: its outputs are finished with the frames processed so\n"
+    "       far, later inputs are skipped\n";
 
 constexpr const char* kNoFace = "no face found";
 
+json box_json(const FaceBox& b) {
+  return {{"x", b.x}, {"y", b.y}, {"width", b.width}, {"height", b.height}};
+}
+
+// Probabilities to 6 decimals: float precision, and JSON lines a third shorter.
+json top_json(const std::vector<ClassScore>& top) {
+  json out = json::array();
+  for (const auto& s : top) {
+    out.push_back({{"label", s.label}, {"probability", std::round(s.probability * 1e6) / 1e6}});
+  }
+  return out;
+}
+
 json result_json(const ImageResult& r, std::size_t face) {
   const FacePrediction& f = r.faces[face];
-  json top = json::array();
-  for (const auto& s : f.top) top.push_back({{"label", s.label}, {"probability", s.probability}});
-  return {
-      {"image", r.path.string()},
-      {"status", "ok"},
-      {"face", face},
-      {"box", {{"x", f.box.x}, {"y", f.box.y}, {"width", f.box.width}, {"height", f.box.height}}},
-      {"top_k", top}};
+  return {{"image", r.path.string()},
+          {"status", "ok"},
+          {"face", face},
+          {"box", box_json(f.box)},
+          {"top_k", top_json(f.top)}};
 }
+
+void print_json(const json& j) { std::printf("%s\n", j.dump().c_str()); }
 
 void print_table(const ImageResult& r, bool detect) {
   std::printf("%s (%dx%d)\n", r.path.c_str(), r.width, r.height);
@@ -53,30 +76,268 @@ void print_table(const ImageResult& r, bool detect) {
   }
 }
 
-// A file name in `dir` for the annotated copy of `source`, unique within this run.
-fs::path annotated_name(const fs::path& dir, const fs::path& source,
-                        std::map<std::string, int>* used) {
-  const std::string stem = source.stem().string();
-  const int n = ++(*used)[stem];
-  return dir / (n == 1 ? stem + ".png" : stem + "-" + std::to_string(n) + ".png");
+// A file name in `dir` for an output made from `stem`, unique within this run per extension.
+fs::path unique_name(const fs::path& dir, const std::string& stem, const std::string& ext,
+                     std::map<std::string, int>* used) {
+  const int n = ++(*used)[stem + ext];
+  return dir / (n == 1 ? stem + ext : stem + "-" + std::to_string(n) + ext);
+}
+
+void create_folder(const fs::path& dir) {
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec) throw IoError("cannot create " + dir.string() + ": " + ec.message());
+}
+
+// Microsecond resolution is more than any frame rate needs and keeps the JSON lines short.
+double rounded_time(double t) { return std::round(t * 1e6) / 1e6; }
+
+struct CliOptions {
+  PredictOptions predict;
+  VideoOptions video;
+  std::vector<std::string> inputs;  // pictures, folders of pictures, video files
+  std::vector<int> cameras;         // --camera
+  std::string annotate;             // folder, or one video file name
+  std::string timeline_dir;         // --timeline-png
+  bool json_lines = false;
+  bool stats = false;
+};
+
+// Everything written for one video source while it is processed: JSON lines, the annotated video
+// and the timeline's data.
+class VideoOutputs : public FrameObserver {
+ public:
+  VideoOutputs(const CliOptions& cli, const std::vector<std::string>& classes, fs::path annotate)
+      : cli_(cli), classes_(classes), annotate_path_(std::move(annotate)), timeline_(classes) {}
+
+  void on_open(const VideoSource& source, const SourceInfo& info) override {
+    name_ = source.name();
+    if (!annotate_path_.empty()) {
+      writer_ = std::make_unique<AnnotatedVideoWriter>(annotate_path_, info.fps,
+                                                       cv::Size(info.width, info.height));
+    }
+  }
+
+  void on_frame(const VideoFrame& frame) override {
+    const int k = std::min<int>(cli_.predict.top_k, static_cast<int>(classes_.size()));
+    if (cli_.json_lines) {
+      for (const VideoFace& face : frame.faces) {
+        print_json({{"source", name_},
+                    {"frame", frame.index},
+                    {"time_s", rounded_time(frame.time_s)},
+                    {"track", face.tracked.track},
+                    {"detected", face.tracked.detected},
+                    {"box", box_json(face.tracked.box)},
+                    {"top_k", top_json(top_scores(face.probabilities.data(), classes_, k))},
+                    {"smoothed_top_k", top_json(top_scores(face.smoothed.data(), classes_, k))}});
+      }
+      std::fflush(stdout);  // camera streams: a reader of the pipe sees each frame at once
+    }
+    if (writer_) {
+      cv::Mat canvas = frame.bgr;  // the pipeline is done with these pixels: drawn in place
+      draw_video_annotations(canvas, frame, classes_);
+      writer_->write(canvas);
+    }
+    if (!cli_.timeline_dir.empty()) timeline_.add(frame);
+  }
+
+  // Renames the annotated video into place when it has frames (else it is removed).
+  void finish_annotated() {
+    if (writer_ && writer_->frames() > 0) {
+      writer_->finish();
+      annotated_written_ = true;
+    }
+    writer_.reset();
+  }
+  bool annotated_written() const { return annotated_written_; }
+  const TimelineRecorder& timeline() const { return timeline_; }
+
+ private:
+  const CliOptions& cli_;
+  const std::vector<std::string>& classes_;
+  fs::path annotate_path_;
+  std::string name_;
+  std::unique_ptr<AnnotatedVideoWriter> writer_;
+  bool annotated_written_ = false;
+  TimelineRecorder timeline_;
+};
+
+void print_video_summary(const VideoResult& r, const std::vector<std::string>& classes,
+                         bool json_lines) {
+  if (json_lines) {
+    for (const TrackSummary& t : r.tracks) {
+      json share = json::object();
+      for (std::size_t c = 0; c < classes.size(); ++c) share[classes[c]] = t.share[c];
+      print_json({{"source", r.source},
+                  {"track", t.track},
+                  {"summary",
+                   {{"first_s", rounded_time(t.first_s)},
+                    {"last_s", rounded_time(t.last_s)},
+                    {"frames", t.frames},
+                    {"dominant", classes[t.dominant]},
+                    {"share", share}}}});
+    }
+    json end = {{"source", r.source},
+                {"status", !r.error.empty() ? "error"
+                           : r.interrupted  ? "interrupted"
+                                            : "ok"},
+                {"frames", r.frames},
+                {"tracks", r.tracks.size()},
+                {"width", r.info.width},
+                {"height", r.info.height},
+                {"fps", r.info.fps},
+                {"variable_frame_rate", r.variable_rate}};
+    if (!r.error.empty()) end["error"] = r.error;
+    print_json(end);
+    return;
+  }
+  std::printf("%s (%dx%d, %.2f fps): %lld frame(s)%s, %zu track(s)\n", r.source.c_str(),
+              r.info.width, r.info.height, r.info.fps, static_cast<long long>(r.frames),
+              r.interrupted ? " (interrupted)" : "", r.tracks.size());
+  if (r.frames > 0 && r.tracks.empty()) std::printf("  %s\n", kNoFace);
+  for (const TrackSummary& t : r.tracks) {
+    std::printf("  track %d  %.2f-%.2f s  %lld frame(s)  %-9s", t.track, t.first_s, t.last_s,
+                static_cast<long long>(t.frames), classes[t.dominant].c_str());
+    std::vector<std::size_t> order(classes.size());
+    for (std::size_t c = 0; c < order.size(); ++c) order[c] = c;
+    std::stable_sort(order.begin(), order.end(),
+                     [&](std::size_t a, std::size_t b) { return t.share[a] > t.share[b]; });
+    for (const std::size_t c : order) {
+      if (t.share[c] > 0) std::printf("  %s %.1f%%", classes[c].c_str(), 100 * t.share[c]);
+    }
+    std::printf("\n");
+  }
+}
+
+void print_stats(const VideoResult& r) {
+  const VideoStats& s = r.stats;
+  const double n = std::max<double>(1, static_cast<double>(s.frames));
+  const double fps = s.wall_s > 0 ? static_cast<double>(s.frames) / s.wall_s : 0;
+  std::fprintf(
+      stderr,
+      "fer-predict: stats: %s frames=%lld wall_s=%.3f fps=%.2f video_fps=%.2f "
+      "realtime=%.2f cpu_ms=%.2f decode_ms=%.2f wait_ms=%.2f detect_ms=%.2f prepare_ms=%.2f "
+      "infer_ms=%.2f output_ms=%.2f faces=%lld batches=%lld detections=%lld\n",
+      r.source.c_str(), static_cast<long long>(s.frames), s.wall_s, fps, r.info.fps,
+      r.info.fps > 0 ? fps / r.info.fps : 0.0, 1e3 * s.cpu_s / n, 1e3 * s.decode_s / n,
+      1e3 * s.wait_s / n, 1e3 * s.detect_s / n, 1e3 * s.prepare_s / n, 1e3 * s.infer_s / n,
+      1e3 * s.output_s / n, static_cast<long long>(s.faces), static_cast<long long>(s.batches),
+      static_cast<long long>(s.detections));
+}
+
+// Pictures: classified together in batches. Returns how many could not be read.
+int run_pictures(Predictor& predictor, const std::vector<fs::path>& images, const CliOptions& cli,
+                 const fs::path& annotate_dir) {
+  const std::vector<ImageResult> results = predictor.predict(images);
+  if (!annotate_dir.empty()) create_folder(annotate_dir);
+  std::map<std::string, int> used_names;
+  int failed = 0;
+  for (const ImageResult& r : results) {
+    if (!r.ok) {
+      ++failed;
+      std::fprintf(stderr, "fer-predict: error: %s: %s\n", r.path.c_str(), r.error.c_str());
+      if (cli.json_lines) {
+        print_json({{"image", r.path.string()}, {"status", "error"}, {"error", r.error}});
+      }
+      continue;
+    }
+    if (cli.json_lines) {
+      if (r.faces.empty()) {
+        print_json({{"image", r.path.string()}, {"status", "no_face"}, {"message", kNoFace}});
+      }
+      for (std::size_t i = 0; i < r.faces.size(); ++i) print_json(result_json(r, i));
+    } else {
+      print_table(r, cli.predict.detect_faces);
+    }
+    if (!annotate_dir.empty()) {
+      write_annotated(r, unique_name(annotate_dir, r.path.stem().string(), ".png", &used_names));
+    }
+  }
+  std::fflush(stdout);
+  if (failed > 0) {
+    std::fprintf(stderr, "fer-predict: %d of %zu picture(s) could not be read\n", failed,
+                 results.size());
+  }
+  return failed;
+}
+
+struct VideoRunOutcome {
+  int failed = 0;
+  bool interrupted = false;
+};
+
+// Videos and cameras, one after the other; Ctrl-C ends the current one (its outputs finished)
+// and skips the rest.
+VideoRunOutcome run_videos(Predictor& predictor, const std::vector<VideoSource>& sources,
+                           const CliOptions& cli, const fs::path& annotate_dir,
+                           const fs::path& annotate_file) {
+  VideoRunOutcome outcome;
+  const std::vector<std::string>& classes = predictor.classes();
+  std::map<std::string, int> used_videos, used_timelines;
+  if (!annotate_dir.empty()) create_folder(annotate_dir);
+  if (!cli.timeline_dir.empty()) create_folder(cli.timeline_dir);
+  for (const VideoSource& source : sources) {
+    if (cancel_requested()) break;
+    const std::string stem =
+        source.is_camera() ? "camera" + std::to_string(source.camera) : source.path.stem().string();
+    fs::path annotate = annotate_file;
+    if (!annotate_dir.empty()) annotate = unique_name(annotate_dir, stem, ".avi", &used_videos);
+    VideoOutputs outputs(cli, classes, annotate);
+    const VideoResult r = process_video(predictor, source, cli.video, outputs);
+    outputs.finish_annotated();
+    outcome.interrupted = outcome.interrupted || r.interrupted;
+    if (!r.error.empty()) {
+      ++outcome.failed;
+      std::fprintf(
+          stderr, "fer-predict: error: %s\n",
+          r.error.rfind(r.source, 0) == 0 ? r.error.c_str() : (r.source + ": " + r.error).c_str());
+    }
+    if (r.variable_rate) {
+      std::fprintf(
+          stderr,
+          "fer-predict: note: %s: variable frame rate (frames %.1f-%.1f ms apart, %.2f "
+          "fps nominal): times are the stream's own timestamps%s\n",
+          r.source.c_str(), 1e3 * r.min_interval_s, 1e3 * r.max_interval_s, r.info.fps,
+          outputs.annotated_written() ? "; the annotated video plays at a constant rate" : "");
+    }
+    if (r.frames > 0 || r.error.empty()) print_video_summary(r, classes, cli.json_lines);
+    std::fflush(stdout);
+    if (cli.stats) print_stats(r);
+    if (!cli.timeline_dir.empty() && r.frames > 0) {
+      outputs.timeline().write_png(
+          unique_name(cli.timeline_dir, stem, ".timeline.png", &used_timelines),
+          r.source + ": smoothed emotions per track");
+    }
+  }
+  if (outcome.failed > 0) {
+    std::fprintf(stderr, "fer-predict: %d of %zu video source(s) failed\n", outcome.failed,
+                 sources.size());
+  }
+  return outcome;
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
   CLI::App app{
-      "fer-predict: the facial expression of every face in pictures, with a "
-      "fer-dist-train checkpoint"};
-  app.footer(std::string("\nExamples:\n"
-                         "  fer-predict --checkpoint runs/demo/checkpoints/best.pt photo.jpg\n"
-                         "  fer-predict --checkpoint best.pt --json --top-k 2 photos/\n"
-                         "  fer-predict --checkpoint best.pt --annotate out/ group.jpg\n"
-                         "  fer-predict --checkpoint best.pt --no-detect face_crop.png\n\n") +
-             kExitCodes);
-  PredictOptions options;
-  std::vector<std::string> inputs;
-  std::string annotate_dir;
-  bool json_lines = false;
+      "fer-predict: the facial expression of every face in pictures, videos and camera "
+      "streams, with a fer-dist-train checkpoint"};
+  app.footer(
+      std::string("\nExamples:\n"
+                  "  fer-predict --checkpoint runs/demo/checkpoints/best.pt photo.jpg\n"
+                  "  fer-predict --checkpoint best.pt --json --top-k 2 photos/\n"
+                  "  fer-predict --checkpoint best.pt --annotate out/ group.jpg\n"
+                  "  fer-predict --checkpoint best.pt --no-detect face_crop.png\n"
+                  "  fer-predict --checkpoint best.pt --json --every 3 VIDEO\n"
+                  "  fer-predict --checkpoint best.pt --camera INDEX --annotate webcam.avi\n\n"
+                  "Videos (.mp4 .mkv .avi .webm .mov ...) are read through FFmpeg; their "
+                  "faces are tracked\n(a track id per face) and their emotions smoothed "
+                  "over time. Pictures are processed\nfirst, then videos and cameras in "
+                  "the order given.\n\n") +
+      kExitCodes);
+  CliOptions cli;
+  PredictOptions& options = cli.predict;
+  VideoOptions& video = cli.video;
   app.add_option("--checkpoint", options.checkpoint, "fer-dist-train checkpoint (.pt)")->required();
   app.add_flag("--detect-faces,!--no-detect", options.detect_faces,
                "find faces with the Haar cascade (default), or classify each whole picture");
@@ -86,13 +347,46 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--min-face", options.min_face, "smallest face to detect, pixels")
       ->capture_default_str();
-  app.add_option("--annotate", annotate_dir,
-                 "write copies with boxes and labels drawn to this folder (PNG)");
-  app.add_flag("--json", json_lines, "one JSON object per face (per picture without a face)");
+  app.add_option("--annotate", cli.annotate,
+                 "write copies with boxes and labels drawn to this folder (pictures: PNG, videos: "
+                 "AVI), or to this .avi/.mkv/.mp4 file for a single video or camera");
+  app.add_flag("--json", cli.json_lines,
+               "one JSON object per face (per picture without a face; videos: per face per "
+               "frame, then per track)");
   app.add_option("--batch-size", options.batch_size, "faces per forward pass")
       ->capture_default_str();
   app.add_option("--device", options.device, "cpu | cuda | cuda:N | auto")->capture_default_str();
-  app.add_option("IMAGE_OR_DIR", inputs, "pictures, or folders searched for them")->required();
+  app.add_option("--threads", options.threads,
+                 "LibTorch and OpenCV worker threads (0: all cores); videos: from 2 on, detection "
+                 "and inference overlap, and decoding runs on one more")
+      ->capture_default_str();
+  app.add_option("--camera", cli.cameras, "camera index to read (Ctrl-C ends it), repeatable")
+      ->allow_extra_args(false);
+  app.add_option("--every", video.every,
+                 "videos: detect faces on every N-th frame, track them in between")
+      ->capture_default_str();
+  app.add_option("--detect-width", video.detect.max_width,
+                 "videos: frames are scaled to this width for face detection (0: full size)")
+      ->capture_default_str();
+  app.add_option("--start", video.limits.start_s, "videos: first second processed")
+      ->capture_default_str();
+  app.add_option("--end", video.limits.end_s, "videos: stop at this second (default: the end)");
+  app.add_option("--max-frames", video.limits.max_frames,
+                 "videos: frames processed per source at most (0: no limit)")
+      ->capture_default_str();
+  app.add_option("--smooth", video.smooth,
+                 "videos: weight of the past in each track's moving average of probabilities, "
+                 "[0, 1); 0: per-frame labels")
+      ->capture_default_str();
+  app.add_option("--max-missed", video.tracker.max_missed,
+                 "videos: detection rounds a track may miss before it ends")
+      ->capture_default_str();
+  app.add_option("--timeline-png", cli.timeline_dir,
+                 "videos: write DIR/<name>.timeline.png, each track's smoothed emotions over time");
+  app.add_flag("--stats", cli.stats,
+               "videos: frames per second and the time per frame of each stage, on stderr");
+  app.add_option("INPUT", cli.inputs,
+                 "pictures, folders searched for pictures, video files (IMAGE_OR_DIR, VIDEO)");
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -104,50 +398,72 @@ int main(int argc, char** argv) {
     LogOptions log_options;
     log_options.level = "warn";
     init_logging(log_options);
-    const std::vector<fs::path> images = collect_images(inputs);
-    if (images.empty()) throw DataError("no pictures found in the given folders");
-    Predictor predictor(options);
-    const std::vector<ImageResult> results = predictor.predict(images);
-    if (!annotate_dir.empty()) {
+    if (cli.inputs.empty() && cli.cameras.empty()) {
+      throw ConfigError("nothing to do: give pictures, folders, videos or --camera N",
+                        "fer-predict --help shows examples");
+    }
+    // Video files by extension; everything else is a picture or a folder of pictures (a bad or
+    // missing one is reported like any unreadable picture).
+    std::vector<std::string> picture_args;
+    std::vector<VideoSource> sources;
+    for (const std::string& input : cli.inputs) {
       std::error_code ec;
-      fs::create_directories(annotate_dir, ec);
-      if (ec) throw IoError("cannot create " + annotate_dir + ": " + ec.message());
-    }
-    std::map<std::string, int> used_names;
-    int failed = 0;
-    for (const ImageResult& r : results) {
-      if (!r.ok) {
-        ++failed;
-        std::fprintf(stderr, "fer-predict: error: %s: %s\n", r.path.c_str(), r.error.c_str());
-        if (json_lines) {
-          std::printf("%s\n",
-                      json{{"image", r.path.string()}, {"status", "error"}, {"error", r.error}}
-                          .dump()
-                          .c_str());
-        }
-        continue;
-      }
-      if (json_lines) {
-        if (r.faces.empty()) {
-          std::printf("%s\n",
-                      json{{"image", r.path.string()}, {"status", "no_face"}, {"message", kNoFace}}
-                          .dump()
-                          .c_str());
-        }
-        for (std::size_t i = 0; i < r.faces.size(); ++i) {
-          std::printf("%s\n", result_json(r, i).dump().c_str());
-        }
+      if (!fs::is_directory(input, ec) && has_video_extension(input)) {
+        sources.push_back({fs::path(input), -1});
       } else {
-        print_table(r, options.detect_faces);
+        picture_args.push_back(input);
       }
-      if (!annotate_dir.empty())
-        write_annotated(r, annotated_name(annotate_dir, r.path, &used_names));
     }
-    std::fflush(stdout);
-    if (failed > 0) {
-      std::fprintf(stderr, "fer-predict: %d of %zu picture(s) could not be read\n", failed,
-                   results.size());
-      return static_cast<int>(ExitCode::kData);
+    for (const int camera : cli.cameras) sources.push_back({fs::path(), camera});
+    const std::vector<fs::path> images =
+        picture_args.empty() ? std::vector<fs::path>{} : collect_images(picture_args);
+    if (!picture_args.empty() && images.empty() && sources.empty()) {
+      throw DataError("no pictures found in the given folders");
+    }
+    // --annotate: a video file name for exactly one video or camera, else a folder.
+    fs::path annotate_dir, annotate_file;
+    if (!cli.annotate.empty()) {
+      if (has_video_extension(cli.annotate)) {
+        annotated_video_fourcc(cli.annotate);  // a known container, else ConfigError
+        if (sources.size() != 1 || !images.empty()) {
+          throw ConfigError("--annotate " + cli.annotate + " names one video file, but there are " +
+                                std::to_string(sources.size()) + " video/camera input(s) and " +
+                                std::to_string(images.size()) + " picture(s)",
+                            "give a folder to --annotate for several inputs");
+        }
+        annotate_file = cli.annotate;
+      } else {
+        annotate_dir = cli.annotate;
+      }
+    }
+    video.threads = options.threads;
+    // Bad values are usage errors before the model loads (the pipeline checks them again).
+    FaceTracker check_tracker(video.tracker);
+    EmotionSmoother check_smoother(video.smooth);
+    FER_CHECK(video.every >= 1, ConfigError, "--every must be at least 1, got ", video.every);
+    FER_CHECK(video.limits.start_s >= 0 && video.limits.end_s > video.limits.start_s &&
+                  video.limits.max_frames >= 0,
+              ConfigError, "need 0 <= --start < --end and --max-frames >= 0");
+
+    Predictor predictor(options);
+    int failed_pictures = 0;
+    if (!images.empty()) failed_pictures = run_pictures(predictor, images, cli, annotate_dir);
+    VideoRunOutcome videos;
+    if (!sources.empty()) {
+      // Ctrl-C ends a video or camera stream cleanly: its annotated file is closed (playable)
+      // and its summary printed. A second Ctrl-C kills at once.
+      install_cancel_handlers();
+      videos = run_videos(predictor, sources, cli, annotate_dir, annotate_file);
+    }
+    if (failed_pictures > 0 || videos.failed > 0) return static_cast<int>(ExitCode::kData);
+    if (videos.interrupted) {
+      // A camera stream has no end but Ctrl-C: that is a normal end. A video file cut short is not.
+      const bool all_cameras = std::all_of(sources.begin(), sources.end(),
+                                           [](const VideoSource& s) { return s.is_camera(); });
+      if (!all_cameras) {
+        std::fprintf(stderr, "fer-predict: interrupted\n");
+        return static_cast<int>(ExitCode::kInterrupted);
+      }
     }
     return 0;
   } catch (const Error& e) {
