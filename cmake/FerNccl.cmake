@@ -18,7 +18,7 @@ if(NOT FER_WITH_NCCL STREQUAL "OFF")
     PATH_SUFFIXES include)
   # The unversioned name is a development symlink that pip's wheel and some runtime-only
   # installs lack; the versioned soname is what the loader wants anyway.
-  find_library(NCCL_LIBRARY NAMES nccl libnccl.so.2
+  find_library(NCCL_LIBRARY NAMES nccl libnccl.so.2 NAMES_PER_DIR
     HINTS ${_fer_nccl_hints} ${CUDAToolkit_LIBRARY_DIR} /usr/local/cuda
     PATH_SUFFIXES lib lib64)
   set(_fer_nccl_missing)
