@@ -216,7 +216,7 @@ at::Tensor FusedAdam::clip_grad_norm(double max_norm) {
   std::vector<at::Tensor> norms;
   norms.reserve(params_.size());
   for (const at::Tensor& g : grad_views_) norms.push_back(g.norm(2.0));
-  const at::Tensor total = norms.size() == 1 ? norms[0] : torch::stack(norms).norm(2.0);
+  at::Tensor total = norms.size() == 1 ? norms[0] : torch::stack(norms).norm(2.0);
   const auto clip_coef = max_norm / (total + 1e-6);
   const auto clip_coef_clamped = torch::clamp(clip_coef, c10::nullopt /* min */, 1.0 /* max */);
   for (Buffer& b : buffers_) b.grads.mul_(clip_coef_clamped);
@@ -240,8 +240,8 @@ struct StepScalars {
 // torch::optim::Adam(W)::step() of LibTorch 1.13 (torch/csrc/api/src/optim/adam.cpp, adamw.cpp)
 // for one parameter, applied to a slice of the flat buffers: the same ops in the same order with
 // the same double scalars. Only the temporaries live in `scratch` instead of fresh tensors.
-void adam_update(at::Tensor params, const at::Tensor& grads, at::Tensor exp_avg,
-                 at::Tensor exp_avg_sq, at::Tensor scratch, const StepScalars& k) {
+void adam_update(const at::Tensor& params, const at::Tensor& grads, const at::Tensor& exp_avg,
+                 const at::Tensor& exp_avg_sq, at::Tensor scratch, const StepScalars& k) {
   if (k.decoupled && k.weight_decay != 0) params.mul_(1 - k.lr * k.weight_decay);
   at::Tensor grad = grads;
   if (!k.decoupled && k.weight_decay != 0) {
