@@ -141,6 +141,8 @@ class VideoOutputs : public FrameObserver {
     if (!cli_.timeline_dir.empty()) timeline_.add(frame);
   }
 
+  bool needs_pixels() const override { return writer_ != nullptr; }
+
   // Renames the annotated video into place when it has frames (else it is removed).
   void finish_annotated() {
     if (writer_ && writer_->frames() > 0) {

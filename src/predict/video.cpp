@@ -167,6 +167,7 @@ class Pipeline {
            int inference_threads)
       : predictor_(predictor),
         options_(options),
+        observer_(observer),
         tracker_(options.tracker),
         classifier_(predictor, options, observer),
         face_floats_(predictor.face_floats()) {
@@ -191,7 +192,7 @@ class Pipeline {
     VideoFrame out;
     out.index = frame.index;
     out.time_s = frame.time_s;
-    out.bgr = std::move(frame.bgr);
+    if (observer_.needs_pixels()) out.bgr = std::move(frame.bgr);
     for (TrackedFace& face : faces) {
       face.box = clip_to_frame(face.box, image.cols, image.rows);
       if (face.box.width == 0) continue;
@@ -234,6 +235,7 @@ class Pipeline {
  private:
   Predictor& predictor_;
   const VideoOptions& options_;
+  const FrameObserver& observer_;
   FaceTracker tracker_;
   Classifier classifier_;
   const std::size_t face_floats_;

@@ -82,6 +82,9 @@ class FrameObserver {
   // Every processed frame, in stream order, after its faces were classified and smoothed. The
   // pipeline is done with frame.bgr's pixels: the observer may draw on them.
   virtual void on_frame(const VideoFrame& frame) = 0;
+  // False: frame.bgr is left empty, so frames waiting for inference hold no pixels (a 4K frame
+  // is 24 MiB). Asked once per frame, after on_open.
+  virtual bool needs_pixels() const { return true; }
 };
 
 // Processes one source to its end, its limits, or Ctrl-C (cancel_requested(): the frames read so
