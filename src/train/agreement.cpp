@@ -21,6 +21,7 @@ TrainConfig numerics_only(TrainConfig c, int world) {
   c.train.batch_size *= world * c.train.accumulate_steps;
   c.train.accumulate_steps = 1;
   c.dist.force_collectives = false;
+  c.optim.fused = true;  // the same bits either way
   return c;
 }
 

@@ -2,6 +2,8 @@
 
 #include <torch/torch.h>
 
+#include "train/fused_adam.h"
+
 namespace fer {
 
 OptimizerKind optimizer_kind(const OptimConfig& o) {
@@ -39,6 +41,59 @@ void set_lr_and_beta1(torch::optim::Optimizer& optimizer, OptimizerKind kind, do
       set_on<torch::optim::AdamOptions>(group.options(), lr, beta1);
     }
   }
+}
+
+TrainOptimizer::TrainOptimizer(const OptimConfig& o, double lr, ResNet9& model)
+    : kind_(optimizer_kind(o)), params_(model->parameters()) {
+  if (o.fused) {
+    fused_ = std::make_unique<FusedAdam>(params_, fused_adam_options(o, lr));
+  } else {
+    libtorch_ = make_optimizer(o, lr, model);
+  }
+}
+
+TrainOptimizer::~TrainOptimizer() = default;
+
+void TrainOptimizer::set_lr_and_beta1(double lr, double beta1) {
+  if (fused_) {
+    fused_->set_lr_and_beta1(lr, beta1);
+  } else {
+    fer::set_lr_and_beta1(*libtorch_, kind_, lr, beta1);
+  }
+}
+
+void TrainOptimizer::clip(double value, double norm) {
+  if (value > 0) {
+    if (fused_) {
+      fused_->clip_grad_value(value);
+    } else {
+      torch::nn::utils::clip_grad_value_(params_, value);
+    }
+  }
+  if (norm > 0) {
+    if (fused_) {
+      fused_->clip_grad_norm(norm);
+    } else {
+      torch::nn::utils::clip_grad_norm_(params_, norm);
+    }
+  }
+}
+
+void TrainOptimizer::step() {
+  if (fused_) {
+    fused_->step();
+  } else {
+    libtorch_->step();
+  }
+}
+
+torch::optim::Optimizer& TrainOptimizer::checkpoint_state() {
+  if (fused_) libtorch_ = fused_->to_libtorch();
+  return *libtorch_;
+}
+
+void TrainOptimizer::restore_checkpoint_state() {
+  if (fused_) fused_->import_state(*libtorch_);
 }
 
 OneCycleOptions schedule_options(const ScheduleConfig& s, double beta1, std::int64_t total_steps) {

@@ -23,6 +23,7 @@ void ModelConfig::describe(ConfigSchema& s) {
 
 void OptimConfig::describe(ConfigSchema& s) {
   s.field("name", &name);
+  s.field("fused", &fused);
   s.field("weight_decay", &weight_decay);
   s.field("betas", &betas);
   s.field("eps", &eps);

@@ -33,6 +33,7 @@ struct ModelConfig {
 
 struct OptimConfig {
   std::string name = "adam";            // adam (L2 weight decay, as torch.optim.Adam) | adamw
+  bool fused = true;  // flat-buffer Adam/AdamW (same results as LibTorch's, fewer ops per step)
   double weight_decay = 1e-4;           // L2 (adam) or decoupled (adamw)
   std::vector<double> betas{0.9, 0.999};  // beta1 is overridden by the schedule when cycling
   double eps = 1e-8;

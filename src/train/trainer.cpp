@@ -135,7 +135,6 @@ Trainer::Trainer(const TrainConfig& config, const TrainRunOptions& options)
       config_hash_(config_hash(config_, world_)),
       ckpt_dir_(options.run_dir / "checkpoints"),
       fault_(fault_plan_from_env()),
-      optimizer_kind_(optimizer_kind(config_.optim)),
       started_(Clock::now()) {
   FER_CHECK(data_.device() == device_, ConfigError, "the data plane carries tensors on ",
             data_.device().str(), " but the model is on ", device_.str());
@@ -167,7 +166,7 @@ Trainer::Trainer(const TrainConfig& config, const TrainRunOptions& options)
       data->allreduce(t, ReduceOp::kSum, "SyncBatchNorm all-reduce");
     });
   }
-  optimizer_ = make_optimizer(config_.optim, config_.schedule.max_lr, model_);
+  optimizer_ = std::make_unique<TrainOptimizer>(config_.optim, config_.schedule.max_lr, model_);
   LoaderOptions loading = loader_options(config_);
   loading.mode = resolve_loader_mode(config_.data.loader, device_);
   batches_ = std::make_unique<TrainBatches>(options.data_dir, manifest_, world_, rank_, loading,
@@ -226,7 +225,8 @@ void Trainer::setup() {
 
 void Trainer::resume_from(const fs::path& checkpoint) {
   CheckpointMeta saved;
-  load_checkpoint_into(checkpoint, model_, optimizer_.get(), &saved);
+  load_checkpoint_into(checkpoint, model_, &optimizer_->checkpoint_state(), &saved);
+  optimizer_->restore_checkpoint_state();
   if (saved.config_hash != config_hash_) {
     throw ConfigError("the config differs from the one that wrote " + checkpoint.string() +
                           " (only threads, workers, logging, max_steps and the split of the "
@@ -284,8 +284,7 @@ void Trainer::train_epoch() {
 StepResult Trainer::train_step(const torch::Tensor& images, const torch::Tensor& labels) {
   inject_faults();
   const std::uint64_t step = static_cast<std::uint64_t>(state_.step);
-  set_lr_and_beta1(*optimizer_, optimizer_kind_, schedule_->lr(state_.step),
-                   schedule_->momentum(state_.step));
+  optimizer_->set_lr_and_beta1(schedule_->lr(state_.step), schedule_->momentum(state_.step));
   for (auto& p : model_->parameters()) p.mutable_grad().reset();  // set_to_none
   const MicroBatches in =
       micro_batches(images, labels, dropout_keep(step, static_cast<int>(images.size(0))));
@@ -311,12 +310,7 @@ StepResult Trainer::train_step(const torch::Tensor& images, const torch::Tensor&
     state_.exposed_comm_seconds += grad_sync_->last_wait_seconds();
   }
   const trace::Span optimizer_span("optimizer");
-  if (config_.optim.grad_clip_value > 0) {
-    torch::nn::utils::clip_grad_value_(model_->parameters(), config_.optim.grad_clip_value);
-  }
-  if (config_.optim.grad_clip_norm > 0) {
-    torch::nn::utils::clip_grad_norm_(model_->parameters(), config_.optim.grad_clip_norm);
-  }
+  optimizer_->clip(config_.optim.grad_clip_value, config_.optim.grad_clip_norm);
   optimizer_->step();
   result.trained = true;
   return result;
@@ -589,7 +583,8 @@ CheckpointMeta Trainer::checkpoint_meta() const {
 void Trainer::save_step_checkpoint() {
   if (!leader_) return;
   const trace::Span span("checkpoint");
-  save_checkpoint(ckpt_dir_ / checkpoint_file_name(state_.step), model_, optimizer_.get(),
+  save_checkpoint(ckpt_dir_ / checkpoint_file_name(state_.step), model_,
+                  &optimizer_->checkpoint_state(),
                   checkpoint_meta());
   prune_checkpoints(ckpt_dir_, config_.checkpoint.keep_last);
 }

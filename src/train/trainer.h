@@ -131,8 +131,7 @@ class Trainer {
 
   bool sync_bn_ = false;  // SyncBatchNorm layers (model.sync_bn, resolved for the world size)
   ResNet9 model_{nullptr};
-  std::unique_ptr<torch::optim::Optimizer> optimizer_;
-  OptimizerKind optimizer_kind_;
+  std::unique_ptr<TrainOptimizer> optimizer_;
   std::unique_ptr<GradSync> grad_sync_;
   std::unique_ptr<TrainBatches> batches_;
   std::unique_ptr<EvalLoader> val_loader_;

@@ -199,6 +199,28 @@ TEST_F(TrainerE2E, TheDeviceLoaderTrainsBitIdenticallyToTheMemoryLoader) {
   EXPECT_EQ(numeric_metrics(path("memory")), numeric_metrics(path("device")));
 }
 
+// optim.fused (flat-buffer Adam, the default) and LibTorch's Adam train the same bits, and a
+// run resumes across the two (checkpoints hold the same optimizer state).
+TEST_F(TrainerE2E, FusedAdamTrainsBitIdenticallyToLibTorchsAndResumesAcrossThem) {
+  auto fused = run_command(train(path("tiny.yaml"), path("data"), path("fused"),
+                                 "--set train.epochs=2"));
+  ASSERT_EQ(fused.exit_code, 0) << fused.output;
+  auto plain = run_command(train(path("tiny.yaml"), path("data"), path("plain"),
+                                 "--set train.epochs=2 --set optim.fused=false"));
+  ASSERT_EQ(plain.exit_code, 0) << plain.output;
+  auto half = run_command(train(path("tiny.yaml"), path("data"), path("mixed"),
+                                "--set train.epochs=2 --set train.max_steps=7 "
+                                "--set optim.fused=false"));
+  ASSERT_EQ(half.exit_code, 0) << half.output;
+  auto rest = run_command(
+      train(path("tiny.yaml"), path("data"), path("mixed"), "--set train.epochs=2 --resume auto"));
+  ASSERT_EQ(rest.exit_code, 0) << rest.output;
+  const fs::path last = fs::path("checkpoints") / checkpoint_file_name(14);
+  expect_same_weights(path("fused") / last, path("plain") / last);
+  expect_same_weights(path("fused") / last, path("mixed") / last);
+  EXPECT_EQ(numeric_metrics(path("fused")), numeric_metrics(path("plain")));
+}
+
 // Preemption (SIGUSR1, raised by fault injection before step 10, in the middle of epoch 1): every
 // rank learns of it in step 10's control all-reduce, finishes that step, writes the checkpoint of
 // step 11 and exits 75; the resumed run ends with the weights, the
