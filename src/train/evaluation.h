@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "model/resnet9.h"
+#include "model/tta.h"
 #include "train/metrics.h"
 
 namespace fer {
@@ -16,24 +17,6 @@ class ControlPlane;
 class EvalLoader;
 struct Batch;
 struct Manifest;
-
-// Test-time augmentation (eval.tta), the config's choice as an enum.
-enum class Tta {
-  kNone,
-  kFlip,     // the image and its mirror
-  kTenCrop,  // the five pad-and-crop positions of training (centre, corners), each mirrored
-};
-Tta parse_tta(const std::string& name);  // none | flip | ten_crop; ConfigError otherwise
-const char* to_string(Tta tta);
-
-// The views of a batch of normalized images [B, C, H, W] that `tta` averages over: the batch
-// itself first; its mirror; with kTenCrop, reflect-padded by `pad` pixels and cropped back to
-// H x W at the four corners and the centre (the centre is the batch itself), each mirrored.
-std::vector<torch::Tensor> tta_views(const torch::Tensor& x, Tta tta, int pad);
-
-// Log of the class probabilities of `x`, averaged over tta_views (kNone: log_softmax of the
-// logits). Eval mode, no gradients: the caller's job.
-torch::Tensor tta_log_probs(ResNet9& model, const torch::Tensor& x, Tta tta, int pad);
 
 struct EvalOptions {
   Tta tta = Tta::kNone;
