@@ -219,11 +219,13 @@ void print_stats(const VideoResult& r) {
       stderr,
       "fer-predict: stats: %s frames=%lld wall_s=%.3f fps=%.2f video_fps=%.2f "
       "realtime=%.2f cpu_ms=%.2f decode_ms=%.2f wait_ms=%.2f detect_ms=%.2f prepare_ms=%.2f "
-      "infer_ms=%.2f output_ms=%.2f faces=%lld batches=%lld detections=%lld\n",
+      "infer_ms=%.2f output_ms=%.2f detect_cpu_ms=%.2f infer_cpu_ms=%.2f faces=%lld "
+      "batches=%lld detections=%lld\n",
       r.source.c_str(), static_cast<long long>(s.frames), s.wall_s, fps, r.info.fps,
       r.info.fps > 0 ? fps / r.info.fps : 0.0, 1e3 * s.cpu_s / n, 1e3 * s.decode_s / n,
       1e3 * s.wait_s / n, 1e3 * s.detect_s / n, 1e3 * s.prepare_s / n, 1e3 * s.infer_s / n,
-      1e3 * s.output_s / n, static_cast<long long>(s.faces), static_cast<long long>(s.batches),
+      1e3 * s.output_s / n, 1e3 * s.detect_cpu_s / n, 1e3 * s.infer_cpu_s / n,
+      static_cast<long long>(s.faces), static_cast<long long>(s.batches),
       static_cast<long long>(s.detections));
 }
 
@@ -302,7 +304,10 @@ VideoRunOutcome run_videos(Predictor& predictor, const std::vector<VideoSource>&
           r.source.c_str(), 1e3 * r.min_interval_s, 1e3 * r.max_interval_s, r.info.fps,
           outputs.annotated_written() ? "; the annotated video plays at a constant rate" : "");
     }
-    if (r.frames > 0 || r.error.empty()) print_video_summary(r, classes, cli.json_lines);
+    // JSON: an end line for every source, the failed ones included (as pictures get one).
+    if (cli.json_lines || r.frames > 0 || r.error.empty()) {
+      print_video_summary(r, classes, cli.json_lines);
+    }
     std::fflush(stdout);
     if (cli.stats) print_stats(r);
     if (!cli.timeline_dir.empty() && r.frames > 0) {

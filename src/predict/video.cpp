@@ -3,7 +3,7 @@
 #include <algorithm>
 #include <chrono>
 #include <condition_variable>
-#include <ctime>
+#include <ctime>  // clock_gettime, std::clock
 #include <deque>
 #include <exception>
 #include <mutex>
@@ -24,6 +24,13 @@ constexpr std::size_t kQueuedBatches = 2;
 
 double seconds_since(Clock::time_point t) {
   return std::chrono::duration<double>(Clock::now() - t).count();
+}
+
+// CPU time of the calling thread, seconds.
+double thread_cpu_s() {
+  timespec t{};
+  ::clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
+  return static_cast<double>(t.tv_sec) + 1e-9 * static_cast<double>(t.tv_nsec);
 }
 
 // A predicted box clipped to the frame; empty (width 0) when less than half of it is inside:
@@ -54,6 +61,7 @@ class Classifier {
         summaries_(static_cast<int>(predictor.classes().size())) {}
 
   void process(Batch& batch) {
+    const double cpu0 = thread_cpu_s();
     const std::size_t classes = predictor_.classes().size();
     const int rows = static_cast<int>(batch.faces.size() / predictor_.face_floats());
     Clock::time_point t0 = Clock::now();
@@ -77,6 +85,7 @@ class Classifier {
       observer_.on_frame(frame);
     }
     stats_.output_s += seconds_since(t0);
+    stats_.infer_cpu_s += thread_cpu_s() - cpu0;
   }
 
   std::vector<TrackSummary> summaries() const { return summaries_.summaries(); }
@@ -177,6 +186,7 @@ class Pipeline {
   }
 
   void add(Frame frame) {
+    const double cpu0 = thread_cpu_s();
     Clock::time_point t0 = Clock::now();
     const cv::Mat image = predictor_.from_bgr(frame.bgr);
     std::vector<TrackedFace> faces;
@@ -201,6 +211,7 @@ class Pipeline {
       out.faces.push_back({face, {}, {}});
     }
     prepare_s_ += seconds_since(t0);
+    detect_cpu_s_ += thread_cpu_s() - cpu0;
     batch_.frames.push_back(std::move(out));
     ++processed_;
     if (static_cast<int>(batch_.frames.size()) >= options_.batch_frames) flush();
@@ -229,6 +240,7 @@ class Pipeline {
     s.detections = detections_;
     s.detect_s = detect_s_;
     s.prepare_s = prepare_s_;
+    s.detect_cpu_s = detect_cpu_s_;
     return s;
   }
 
@@ -241,7 +253,7 @@ class Pipeline {
   const std::size_t face_floats_;
   std::unique_ptr<InferenceThread> worker_;  // after classifier_: joined before it goes
   std::int64_t processed_ = 0, detections_ = 0;
-  double detect_s_ = 0, prepare_s_ = 0;
+  double detect_s_ = 0, prepare_s_ = 0, detect_cpu_s_ = 0;
   Batch batch_;
 };
 

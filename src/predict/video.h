@@ -60,6 +60,10 @@ struct VideoStats {
   double prepare_s = 0;  // cropping, resizing, normalizing faces
   double infer_s = 0;    // the model's forward passes
   double output_s = 0;   // the observer (JSON, drawing, encoding the annotated video)
+  // CPU time of the two stages' own threads (robust to other jobs on the machine): detection
+  // with preparing, inference with output. Exact while each stage's library runs on its caller
+  // (--threads 1 and 2); above, their worker threads are not counted.
+  double detect_cpu_s = 0, infer_cpu_s = 0;
 };
 
 struct VideoResult {
