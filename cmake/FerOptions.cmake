@@ -1,8 +1,13 @@
 # Build-wide options: compiler cache, warnings, sanitizers.
 find_program(FER_CCACHE ccache)
 if(FER_CCACHE)
-  set(CMAKE_C_COMPILER_LAUNCHER ${FER_CCACHE})
-  set(CMAKE_CXX_COMPILER_LAUNCHER ${FER_CCACHE})
+  # A compile that uses the torch PCH is cacheable only with this sloppiness (ccache manual,
+  # "Precompiled headers"; the .gch is always newer than the build's start): without it every
+  # torch translation unit, the slowest ones, was an uncacheable call.
+  set(_fer_launcher ${CMAKE_COMMAND} -E env
+      CCACHE_SLOPPINESS=pch_defines,time_macros,include_file_mtime,include_file_ctime ${FER_CCACHE})
+  set(CMAKE_C_COMPILER_LAUNCHER ${_fer_launcher})
+  set(CMAKE_CXX_COMPILER_LAUNCHER ${_fer_launcher})
   message(STATUS "fer: using ccache ${FER_CCACHE}")
 endif()
 
