@@ -144,8 +144,9 @@ std::vector<TrackSummary> TrackSummaries::summaries() const {
     s.last_s = c.last_s;
     for (const std::int64_t n : c.labelled) s.frames += n;
     s.share.assign(classes_, 0.0);
+    const double frames = static_cast<double>(std::max<std::int64_t>(1, s.frames));
     for (int i = 0; i < classes_; ++i) {
-      if (s.frames > 0) s.share[i] = static_cast<double>(c.labelled[i]) / s.frames;
+      s.share[i] = static_cast<double>(c.labelled[i]) / frames;
       if (c.labelled[i] > c.labelled[s.dominant]) s.dominant = i;
     }
     out.push_back(std::move(s));

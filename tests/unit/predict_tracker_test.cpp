@@ -17,6 +17,7 @@ FaceBox box_at(int x, int y, int side = 60) { return {x, y, side, side}; }
 
 std::vector<int> ids(const std::vector<TrackedFace>& faces) {
   std::vector<int> out;
+  out.reserve(faces.size());
   for (const auto& f : faces) out.push_back(f.track);
   return out;
 }
