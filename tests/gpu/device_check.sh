@@ -211,8 +211,11 @@ ph_bundle() {
   . "$bundle/env.sh"
   echo "FER_BUNDLE=$FER_BUNDLE; mpirun: $(command -v mpirun)" | tee -a "$log"
   figure bundle "$bundle"
-  figure bundle_mib "$(du -sb "$bundle" | awk '{ printf "%.1f", $1 / 1048576 }')"
+  local mib
+  mib=$(du -sb "$bundle" | awk '{ printf "%.1f", $1 / 1048576 }')
+  figure bundle_mib "$mib"
   figure mpirun "$(command -v mpirun)"
+  PHASE_NOTE="$mib MiB, its mpirun, MPI, HDF5, ... first on every path"
 }
 
 ph_configure() {
@@ -299,7 +302,10 @@ ph_e2e() {
                    --set train.batch_size=64 --set train.epochs=3 --set train.log_every=1)
   train_run "$log" "$run" "${recipe[@]}" --set train.max_steps=$((2 * steps)) || return
   train_run "$log" "$run" "${recipe[@]}" --resume auto || return
-  if ((dry_run)); then PHASE_STATUS=dry-run; return; fi
+  if ((dry_run)); then
+    PHASE_STATUS=dry-run PHASE_NOTE="2 runs printed, their flags and config checked (--validate-only)"
+    return
+  fi
   local got device_used
   got=$(summary_value "$run" steps)
   device_used=$(sed -n 's/^  "device": "\(.*\)",$/\1/p' "$run/summary.json")
@@ -342,7 +348,9 @@ ph_sweep() {
   done
   local r
   for r in "${sweep_rows[@]}"; do [[ "$r" == *failed ]] && return 1; done
-  ((dry_run)) && PHASE_STATUS=dry-run
+  if ((dry_run)); then
+    PHASE_STATUS=dry-run PHASE_NOTE="${#sweep_rows[@]} runs printed, checked (--validate-only)"
+  fi
   return 0
 }
 
@@ -357,7 +365,7 @@ ph_mpirun2() {
   if ((dry_run)); then
     show "${cmd[@]}"
     run_logged "$log" "${cmd[@]:7}" --validate-only >/dev/null || return
-    PHASE_STATUS=dry-run
+    PHASE_STATUS=dry-run PHASE_NOTE="printed, checked (--validate-only, one process)"
     return
   fi
   run_logged "$log" "${cmd[@]}" || return
