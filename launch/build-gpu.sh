@@ -151,8 +151,8 @@ elif [[ "$nccl" != off ]]; then
 fi
 
 # --- configure and build ----------------------------------------------------------------------
-args=(-S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release -DFER_TRAINER_ONLY=$trainer_only
-      -DFER_BUILD_TESTS=$tests -DFER_WITH_NCCL="${nccl^^}" "${extra_cuda[@]}" "${nccl_args[@]}")
+args=(-S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release -DFER_TRAINER_ONLY="$trainer_only"
+      -DFER_BUILD_TESTS="$tests" -DFER_WITH_NCCL="${nccl^^}" "${extra_cuda[@]}" "${nccl_args[@]}")
 [[ -n "$torch_dir" ]] && args+=(-DTorch_DIR="$torch_dir")
 [[ -n "$cxx_std" ]] && args+=(-DCMAKE_CXX_STANDARD="$cxx_std")
 [[ -n "${MPI_HOME:-}" && -x "$MPI_HOME/bin/mpicc" ]] && args+=(-DMPI_C_COMPILER="$MPI_HOME/bin/mpicc")

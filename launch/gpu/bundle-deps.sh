@@ -123,7 +123,7 @@ for p in "${packages[@]}"; do printf '%s %s\0' "$p" "${deb_of[$p]}"; done |
 # One library folder: Debian 12 still ships some libraries in /lib (zlib, ...).
 if [[ -d "$stage/lib/$arch" ]]; then
   cp -a "$stage/lib/$arch/." "$stage/usr/lib/$arch/"
-  rm -rf "$stage/lib"
+  rm -rf "${stage:?}/lib"
 fi
 
 # --- 3. what to keep --------------------------------------------------------------------------

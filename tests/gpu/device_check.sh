@@ -229,13 +229,11 @@ ph_configure() {
   figure cxx_standard "$(grep -o 'C++[0-9]*' "$log" | tail -n1)"
 }
 
-build_targets=()
 ph_build() {
   local log=$1
   local -a targets=()
   # A dry run builds what the GPU phases run; the real run builds the whole trainer-only set.
   ((dry_run)) && targets=(--target fer-dist-train fer-tiny-dataset test_nccl_communicator test_train_cuda)
-  build_targets=("${targets[@]}")
   run_logged "$log" cmake --build "$build" -j "$jobs" "${targets[@]}" >/dev/null || return
   figure targets "$( ((dry_run)) && echo "${targets[*]:1}" || echo all)"
   [[ -x "$train" ]] || { PHASE_NOTE="no $train after the build"; return 1; }
@@ -359,7 +357,7 @@ ph_mpirun2() {
   rm -rf "$run"
   local -a cmd=(mpirun -np 2 --bind-to none -x OMP_NUM_THREADS=4 "$train" --device "$device"
                 --config "$root/configs/fer2013_resnet9.yaml" --data "$sweep_data" --out "$run"
-                --no-report --set train.batch_size=128 --set train.max_steps=$mpirun_steps
+                --no-report --set train.batch_size=128 --set train.max_steps="$mpirun_steps"
                 --set train.epochs=1000 --set train.eval_every=1000 --set checkpoint.every_epochs=1000
                 "${cpu_args[@]}")
   if ((dry_run)); then
