@@ -258,21 +258,22 @@ ph_runtime() {
   PHASE_NOTE=$line
 }
 
-ph_gpu_tests() {
-  local log=$1
+ph_gpu_tests() {  # ctest runs in the build folder (--test-dir needs CMake 3.20)
+  local log=$1 rc=0
+  pushd "$build" >/dev/null
   if ((dry_run)); then
-    run_logged "$log" ctest --test-dir "$build" -N -L gpu >/dev/null || return
+    run_logged "$log" ctest -N -L gpu >/dev/null || rc=$?
     figure tests "$(sed -n 's/^Total Tests: //p' "$log")"
     PHASE_NOTE="$(sed -n 's/^ *Test *#[0-9]*: //p' "$log" | tr '\n' ' ')"
-    show ctest --test-dir "$build" -L gpu --output-on-failure
+    show ctest -L gpu --output-on-failure
     PHASE_STATUS=dry-run
-    return
+  else
+    run_logged "$log" ctest -L gpu --output-on-failure --timeout "$(left)" || rc=$?
+    PHASE_NOTE=$(grep -E 'tests passed|tests failed' "$log" | tail -n1)
+    figure summary "$PHASE_NOTE"
+    figure did_not_run "$(sed -n '/did not run:/,$p' "$log" | grep -c '^[[:space:]]*[0-9]* - ' || true)"
   fi
-  local rc=0
-  run_logged "$log" ctest --test-dir "$build" -L gpu --output-on-failure --timeout "$(left)" || rc=$?
-  PHASE_NOTE=$(grep -E 'tests passed|tests failed' "$log" | tail -n1)
-  figure summary "$PHASE_NOTE"
-  figure did_not_run "$(sed -n '/did not run:/,$p' "$log" | grep -c '^[[:space:]]*[0-9]* - ' || true)"
+  popd >/dev/null
   return "$rc"
 }
 
