@@ -18,7 +18,8 @@
 #   runtime    fer-dist-train --device cuda --validate-only: the CUDA runtime, driver, cuDNN and
 #              NCCL the trainer loads (it refuses two CUDA runtimes)
 #   gpu_tests  ctest -L gpu: NCCL communicator at world 1 (and 2 ranks with 2+ GPUs), the
-#              --device cuda run of tests/gpu/train_cuda_e2e_test.cpp (2 epochs + --resume auto)
+#              --device cuda run of tests/gpu/train_cuda_e2e_test.cpp (2 epochs + --resume auto);
+#              then the Cuda* suites of the other tests (the GPU batch path against the CPU's)
 #   e2e        the reference recipe (configs/fer2013_resnet9.yaml) with --device cuda: 2 epochs,
 #              then --resume auto for a third; the summary must say cuda and 3 epochs of steps
 #   sweep      fp32 x per-GPU batch 128 and 512, 200 steps each, SyncBN on (collectives forced at
@@ -258,20 +259,27 @@ ph_runtime() {
   PHASE_NOTE=$line
 }
 
-ph_gpu_tests() {  # ctest runs in the build folder (--test-dir needs CMake 3.20)
+# The GPU tests: label gpu (tests/gpu), and the GPU cases of other suites, whose suite name
+# ends in Cuda (e.g. DeviceSplitCuda.* in test_data_device_batch). ctest runs in the build folder (--test-dir
+# needs CMake 3.20).
+kGpuTestRegex='Cuda\.'
+ph_gpu_tests() {
   local log=$1 rc=0
   pushd "$build" >/dev/null
   if ((dry_run)); then
     run_logged "$log" ctest -N -L gpu >/dev/null || rc=$?
-    figure tests "$(sed -n 's/^Total Tests: //p' "$log")"
+    run_logged "$log" ctest -N -R "$kGpuTestRegex" -LE gpu >/dev/null || rc=$?
+    figure tests "$(sed -n 's/^Total Tests: //p' "$log" | awk '{ n += $1 } END { print n + 0 }')"
     PHASE_NOTE="$(sed -n 's/^ *Test *#[0-9]*: //p' "$log" | tr '\n' ' ')"
     show ctest -L gpu --output-on-failure
+    show ctest -R "$kGpuTestRegex" -LE gpu --output-on-failure
     PHASE_STATUS=dry-run
   else
     run_logged "$log" ctest -L gpu --output-on-failure --timeout "$(left)" || rc=$?
-    PHASE_NOTE=$(grep -E 'tests passed|tests failed' "$log" | tail -n1)
+    run_logged "$log" ctest -R "$kGpuTestRegex" -LE gpu --output-on-failure --timeout "$(left)" || rc=$?
+    PHASE_NOTE=$(grep -E 'tests passed|tests failed' "$log" | paste -sd ';' | sed 's/;/; /g')
     figure summary "$PHASE_NOTE"
-    figure did_not_run "$(sed -n '/did not run:/,$p' "$log" | grep -c '^[[:space:]]*[0-9]* - ' || true)"
+    figure did_not_run "$(grep -c '^[[:space:]]*[0-9]* - .*(\(Skipped\|Not Run\|Disabled\))' "$log" || true)"
   fi
   popd >/dev/null
   return "$rc"
