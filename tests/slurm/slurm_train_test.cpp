@@ -36,7 +36,7 @@ using testing::tool;
 
 constexpr int kTasks = 2;
 constexpr int kPerRankBatch = 8;    // 112 train images / (2 x 8) = 7 steps per epoch
-constexpr int kEpochs = 6;          // 42 steps: a few seconds, long enough to signal mid-run
+constexpr int kEpochs = 24;  // 168 steps: long enough to signal mid-run on a fast, quiet machine
 constexpr int kJobTimeoutS = 240;   // per job, requeue included
 constexpr int kExitPreempted = 75;  // ExitCode::kPreempted
 constexpr int kCommTimeoutS = 60;   // dist.comm_timeout_s of the runs
