@@ -2,7 +2,7 @@
 
 #include <torch/torch.h>
 
-#include "data/manifest.h"
+#include "train/evaluation.h"
 
 namespace fer {
 
@@ -16,9 +16,7 @@ TrainBatches::TrainBatches(const std::filesystem::path& dataset_dir, const Manif
                            const torch::Device& device)
     : options_(options),
       device_(device),
-      channels_(manifest.channels),
-      height_(manifest.height),
-      width_(manifest.width) {
+      manifest_(manifest) {
   if (options.mode == "device") {
     split_.emplace(DeviceSplit::train(dataset_dir, manifest, device));
     sampler_.emplace(manifest.split("train").count, world_size, rank, options.batch_per_rank,
@@ -41,11 +39,8 @@ void TrainBatches::start_epoch(std::int64_t epoch, std::int64_t first_step) {
 bool TrainBatches::next(torch::Tensor* images, torch::Tensor* labels) {
   if (host_) {
     if (!host_->next(&batch_)) return false;
-    // Views of the batch's buffers on the CPU; one copy to another device.
-    *images = torch::from_blob(batch_.images.data(), {batch_.size, channels_, height_, width_},
-                               torch::kFloat32)
-                  .to(device_);
-    *labels = torch::from_blob(batch_.labels.data(), {batch_.size}, torch::kInt64).to(device_);
+    *images = batch_images(batch_, manifest_, device_);
+    *labels = batch_labels(batch_, device_);
     return true;
   }
   if (step_ >= sampler_->steps_per_epoch()) return false;

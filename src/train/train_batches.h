@@ -15,11 +15,10 @@
 
 #include "data/device_batch.h"
 #include "data/loader.h"
+#include "data/manifest.h"
 #include "data/sampler.h"
 
 namespace fer {
-
-struct Manifest;
 
 class TrainBatches {
  public:
@@ -38,7 +37,7 @@ class TrainBatches {
   torch::Device device_;
   std::unique_ptr<TrainLoader> host_;    // memory | stream
   Batch batch_;                          // the host loader's current batch
-  std::int64_t channels_, height_, width_;
+  Manifest manifest_;                    // image shape for the host batches' tensors
   std::optional<DeviceSplit> split_;     // device
   std::optional<DistributedSampler> sampler_;
   std::int64_t epoch_ = 0, step_ = 0;
