@@ -207,6 +207,16 @@ ncclDataType_t nccl_datatype(at::ScalarType type, bool* supported) {
       return ncclFloat64;
     case at::kLong:
       return ncclInt64;
+    case at::kInt:
+      return ncclInt32;
+    case at::kByte:
+      return ncclUint8;
+    case at::kHalf:
+      return ncclFloat16;
+#if NCCL_VERSION_CODE >= 21000  // bfloat16 arrived in NCCL 2.10
+    case at::kBFloat16:
+      return ncclBfloat16;
+#endif
     default:
       *supported = false;
       return ncclFloat32;

@@ -46,6 +46,13 @@ ResNet9Impl::ResNet9Impl(const ResNet9Options& options) : options_(options) {
                                                         conv_block(w(512), w(512), false)));
   dropout_ = register_module("dropout", torch::nn::Dropout(options.dropout));
   classifier_ = register_module("classifier", torch::nn::Linear(w(512), options.num_classes));
+  if (options.channels_last) {
+    torch::NoGradGuard no_grad;
+    // Module::to(device) keeps a tensor's strides, so the layout survives the move.
+    for (auto& p : parameters()) {
+      if (p.dim() == 4) p.set_data(p.contiguous(at::MemoryFormat::ChannelsLast));
+    }
+  }
 }
 
 void ResNet9Impl::set_allreduce(const AllReduceSum& allreduce) {
@@ -57,6 +64,7 @@ void ResNet9Impl::set_allreduce(const AllReduceSum& allreduce) {
 torch::Tensor ResNet9Impl::forward(torch::Tensor x) { return forward(std::move(x), {}); }
 
 torch::Tensor ResNet9Impl::forward(torch::Tensor x, const torch::Tensor& keep) {
+  if (options_.channels_last) x = x.contiguous(at::MemoryFormat::ChannelsLast);
   x = conv2_->forward(conv1_->forward(x));
   x = res1_->forward(x) + x;
   x = conv4_->forward(conv3_->forward(x));

@@ -22,6 +22,9 @@ struct ResNet9Options {
   double width = 1.0;    // channel multiplier
   double dropout = 0.2;  // before the classifier
   bool sync_bn = false;  // SyncBatchNorm2d instead of BatchNorm2d (same parameter names)
+  // Convolution weights and activations in NHWC order (torch.channels_last); forward converts
+  // its input. A layout, not part of the model: checkpoints do not record it.
+  bool channels_last = false;
 };
 
 // Channels of a width-scaled layer: max(1, round(base * width)) (the reference's rounding).

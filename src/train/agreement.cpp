@@ -22,6 +22,7 @@ TrainConfig numerics_only(TrainConfig c, int world) {
   c.train.accumulate_steps = 1;
   c.dist.force_collectives = false;
   c.optim.fused = true;  // the same bits either way
+  c.train.cudnn_benchmark = true;  // algorithm choice, like threads: a performance setting
   return c;
 }
 
@@ -67,7 +68,13 @@ void broadcast_model(DataPlane& data, ResNet9& model) {
   torch::NoGradGuard no_grad;
   for (auto& p : model->parameters()) {
     at::Tensor t = p.data();
-    data.broadcast(t, 0, "initial weight broadcast");
+    if (t.is_contiguous()) {
+      data.broadcast(t, 0, "initial weight broadcast");
+    } else {  // channels_last weights: the collectives take contiguous tensors
+      at::Tensor packed = t.contiguous();
+      data.broadcast(packed, 0, "initial weight broadcast");
+      t.copy_(packed);
+    }
   }
   for (auto& b : model->buffers()) data.broadcast(b, 0, "initial buffer broadcast");
 }

@@ -19,6 +19,7 @@ void ModelConfig::describe(ConfigSchema& s) {
   s.field("width", &width);
   s.field("dropout", &dropout);
   s.field("sync_bn", &sync_bn);
+  s.field("channels_last", &channels_last);
 }
 
 void OptimConfig::describe(ConfigSchema& s) {
@@ -56,6 +57,9 @@ void TrainSection::describe(ConfigSchema& s) {
   s.field("skip_nonfinite", &skip_nonfinite);
   s.field("max_steps", &max_steps);
   s.field("accumulate_steps", &accumulate_steps);
+  s.field("precision", &precision);
+  s.field("cudnn_benchmark", &cudnn_benchmark);
+  s.field("tf32", &tf32);
 }
 
 void EvalConfig::describe(ConfigSchema& s) { s.field("tta", &tta); }
@@ -130,6 +134,7 @@ void TrainConfig::validate() const {
   require(train.max_steps >= 0, "train.max_steps", "must be >= 0 (0 = no limit)");
   require(train.accumulate_steps >= 1 && train.accumulate_steps <= 1024, "train.accumulate_steps",
           "must be 1..1024 (1 = no accumulation)");
+  require(one_of(train.precision, {"fp32", "bf16"}), "train.precision", "must be fp32 or bf16");
   require(checkpoint.every_epochs >= 1, "checkpoint.every_epochs", "must be >= 1");
   require(checkpoint.keep_last >= 1, "checkpoint.keep_last", "must be >= 1");
   require(one_of(dist.backend, {"auto", "mpi", "nccl"}), "dist.backend",

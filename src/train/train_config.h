@@ -28,6 +28,9 @@ struct ModelConfig {
   double width = 1.0;      // channel multiplier of ResNet9 (1.0 = 6.57 M parameters)
   double dropout = 0.2;    // before the classifier
   std::string sync_bn = "auto";  // auto (on when world size > 1) | on | off
+  // Weights, activations and input batches in NHWC order (torch.channels_last): oneDNN's and
+  // cuDNN's fast convolution layout. Same maths, another summation order in the convolutions.
+  bool channels_last = false;
   void describe(ConfigSchema& s);
 };
 
@@ -73,6 +76,12 @@ struct TrainSection {
   // world_size * batch_size * accumulate_steps, and one rank with K reproduces K ranks (SyncBN
   // off: SyncBN normalizes each micro-batch over the ranks, not over the K micro-batches).
   int accumulate_steps = 1;
+  // fp32 | bf16: bf16 autocasts forward and loss (convolutions and matrix products in bfloat16);
+  // weights, gradients, their all-reduce and the optimizer stay fp32. On a CPU bf16 needs native
+  // bfloat16 instructions (avx512_bf16 / amx_bf16 on x86, bf16 on Arm): elsewhere a config error.
+  std::string precision = "fp32";
+  bool cudnn_benchmark = true;  // CUDA: let cuDNN time its algorithms for each new input shape
+  bool tf32 = false;  // CUDA (Ampere+): fp32 convolutions and matrix products in TF32 (~10 bits)
   void describe(ConfigSchema& s);
 };
 

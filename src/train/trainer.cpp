@@ -19,6 +19,7 @@
 #include "dist/grad_sync.h"
 #include "train/agreement.h"
 #include "train/device.h"
+#include "train/precision.h"
 #include "train/train_batches.h"
 
 namespace fs = std::filesystem;
@@ -133,6 +134,7 @@ Trainer::Trainer(const TrainConfig& config, const TrainRunOptions& options)
       manifest_(load_trainable_manifest(options.data_dir)),
       config_yaml_(yaml_of(config_)),
       config_hash_(config_hash(config_, world_)),
+      precision_(parse_precision(config_.train.precision)),
       ckpt_dir_(options.run_dir / "checkpoints"),
       fault_(fault_plan_from_env()),
       started_(Clock::now()) {
@@ -141,13 +143,18 @@ Trainer::Trainer(const TrainConfig& config, const TrainRunOptions& options)
   const int threads = configure_threads(options.threads > 0 ? options.threads
                                                             : config_.train.threads);
   if (leader_) check_blas();
+  check_precision(precision_, device_);
+  const std::string cuda_math =
+      apply_cuda_math_settings(config_.train.cudnn_benchmark, config_.train.tf32);
   sync_bn_ = config_.model.sync_bn == "on" || (config_.model.sync_bn == "auto" && world_ > 1);
   const bool sync_bn = sync_bn_;
   spdlog::info("fer-dist-train: data {} ({} classes, {}x{}x{}), run {}, rank {} on {}, {} rank(s) "
-               "x {} threads, SyncBN {}",
+               "x {} threads, SyncBN {}, {}{}{}",
                options.data_dir.string(), manifest_.classes.size(), manifest_.height,
                manifest_.width, manifest_.channels, options.run_dir.string(), rank_,
-               device_.str(), world_, threads, sync_bn ? "on" : "off");
+               device_.str(), world_, threads, sync_bn ? "on" : "off", to_string(precision_),
+               config_.model.channels_last ? ", channels_last" : "",
+               device_.is_cuda() ? ", " + cuda_math : std::string());
 
   torch::manual_seed(derive_seed({static_cast<std::uint64_t>(config_.train.seed), kInitTag}));
   ResNet9Options model_options;
@@ -156,6 +163,7 @@ Trainer::Trainer(const TrainConfig& config, const TrainRunOptions& options)
   model_options.width = config_.model.width;
   model_options.dropout = config_.model.dropout;
   model_options.sync_bn = sync_bn;
+  model_options.channels_last = config_.model.channels_last;
   model_ = ResNet9(model_options);
   model_->to(device_);
   if (sync_bn && data_.active()) {
@@ -290,8 +298,12 @@ StepResult Trainer::train_step(const torch::Tensor& images, const torch::Tensor&
       micro_batches(images, labels, dropout_keep(step, static_cast<int>(images.size(0))));
   LocalTotals local = accumulate_micro_batches(in);
   trace::Span forward_span("forward");
-  const auto logits = model_->forward(in.x.back(), in.keep.back());
-  auto loss = loss_of(logits, in.y.back());
+  torch::Tensor logits, loss;
+  {
+    const AutocastScope autocast(precision_, device_);
+    logits = model_->forward(in.x.back(), in.keep.back());
+    loss = loss_of(logits, in.y.back());
+  }
   if (fault_.fires(rank_, state_.step, "nan")) loss = loss * std::nan("");
   local.loss += loss.item<double>();
   local.correct += logits.argmax(1).eq(in.y.back()).sum().item<std::int64_t>();
@@ -345,8 +357,12 @@ Trainer::LocalTotals Trainer::accumulate_micro_batches(const MicroBatches& in) {
   const GradSync::NoSync no_sync(grad_sync_.get());
   for (std::size_t j = 0; j + 1 < in.x.size(); ++j) {
     const trace::Span span("micro-batch");
-    const auto logits = model_->forward(in.x[j], in.keep[j]);
-    const auto loss = loss_of(logits, in.y[j]);
+    torch::Tensor logits, loss;
+    {
+      const AutocastScope autocast(precision_, device_);
+      logits = model_->forward(in.x[j], in.keep[j]);
+      loss = loss_of(logits, in.y[j]);
+    }
     local.loss += loss.item<double>();
     local.correct += logits.argmax(1).eq(in.y[j]).sum().item<std::int64_t>();
     loss.backward();

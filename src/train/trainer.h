@@ -33,6 +33,7 @@
 #include "train/metrics_log.h"
 #include "train/one_cycle.h"
 #include "train/optimizer.h"
+#include "train/precision.h"
 #include "train/progress.h"
 #include "train/train_batches.h"
 #include "train/run.h"
@@ -126,6 +127,7 @@ class Trainer {
   const torch::Device device_;
   const Manifest manifest_;
   const std::string config_yaml_, config_hash_;
+  const Precision precision_;  // train.precision: autocast of forward and loss
   const std::filesystem::path ckpt_dir_;
   const FaultPlan fault_;
 

@@ -213,6 +213,29 @@ TEST_F(NcclCommunicatorTest, AsyncCollectivesInFlightKeepIssueOrder) {
   comm_->barrier();
 }
 
+// The narrow dtypes of NCCL's map (bf16/fp16 for reduced-precision tensors, int32, uint8): small
+// integers, exact in every one of them, reduce to the exact results.
+TEST_F(NcclCommunicatorTest, AllreduceCarriesTheNarrowDtypesExactly) {
+  const int64_t n = 1001;
+  const at::Tensor i = at::arange(n, at::kLong);
+  at::Tensor sum = at::zeros({n}, at::kLong), max = sum.clone(), min = sum.clone();
+  for (int r = 0; r < world(); ++r) {
+    const at::Tensor mine = i.remainder(5) + r;
+    sum += mine;
+    max = r == 0 ? mine : at::maximum(max, mine);
+    min = r == 0 ? mine : at::minimum(min, mine);
+  }
+  for (auto type : {at::kBFloat16, at::kHalf, at::kInt, at::kByte}) {
+    for (auto op : {ReduceOp::kSum, ReduceOp::kMax, ReduceOp::kMin}) {
+      at::Tensor t = to_device((i.remainder(5) + rank()).to(type).contiguous(), device());
+      comm_->allreduce(t, op);
+      const at::Tensor want = (op == ReduceOp::kSum ? sum : op == ReduceOp::kMax ? max : min);
+      EXPECT_TRUE(bit_identical(to_host(t), want.to(type)))
+          << detail::dtype_name(type) << " " << to_string(op);
+    }
+  }
+}
+
 #endif  // FER_HAVE_NCCL
 
 TEST(NcclWithoutGpu, ConstructionFailsOnEveryRankNamingTheRanksWithoutAGpu) {

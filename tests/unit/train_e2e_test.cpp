@@ -7,6 +7,7 @@
 
 #include <csignal>
 #include <fstream>
+#include <iterator>
 #include <nlohmann/json.hpp>
 
 #include "common/errors.h"
@@ -16,6 +17,7 @@
 #include "metrics_util.h"
 #include "test_util.h"
 #include "train/checkpoint.h"
+#include "train/precision.h"
 #include "train/train_config.h"
 
 namespace fs = std::filesystem;
@@ -219,6 +221,85 @@ TEST_F(TrainerE2E, FusedAdamTrainsBitIdenticallyToLibTorchsAndResumesAcrossThem)
   expect_same_weights(path("fused") / last, path("plain") / last);
   expect_same_weights(path("fused") / last, path("mixed") / last);
   EXPECT_EQ(numeric_metrics(path("fused")), numeric_metrics(path("plain")));
+}
+
+// The step losses of a run (metrics.jsonl step records; tiny.yaml logs every 2 steps).
+std::vector<double> logged_losses(const fs::path& run) {
+  std::vector<double> out;
+  for (const auto& r : numeric_metrics(run)) {
+    if (r["type"] == "step") out.push_back(r["loss"].get<double>());
+  }
+  return out;
+}
+
+// model.channels_last (NHWC weights and activations; SyncBN forced on, so its all-reduce path
+// sees NHWC too) trains the default layout's recipe: only the convolutions' summation order
+// differs, so the logged losses agree to 1e-3 relative over 2 epochs. A channels_last run stopped
+// at step 7 resumes to the uninterrupted channels_last run's weights and epoch metrics, bit for
+// bit.
+TEST_F(TrainerE2E, ChannelsLastTrainsLikeTheDefaultLayoutAndResumesExactly) {
+  const std::string two = "--set train.epochs=2 --set model.sync_bn=on "
+                          "--set dist.force_collectives=true ";
+  auto nchw = run_command(train(path("tiny.yaml"), path("data"), path("nchw"), two));
+  ASSERT_EQ(nchw.exit_code, 0) << nchw.output;
+  const std::string nhwc = two + "--set model.channels_last=true ";
+  auto full = run_command(train(path("tiny.yaml"), path("data"), path("nhwc"), nhwc));
+  ASSERT_EQ(full.exit_code, 0) << full.output;
+  EXPECT_NE(full.output.find("channels_last"), std::string::npos) << full.output;
+  const auto a = logged_losses(path("nchw")), b = logged_losses(path("nhwc"));
+  ASSERT_EQ(a.size(), 7u);
+  ASSERT_EQ(b.size(), a.size());
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    EXPECT_NEAR(b[i], a[i], 1e-3 * std::abs(a[i])) << "logged step record " << i;
+  }
+  ASSERT_EQ(run_command(train(path("tiny.yaml"), path("data"), path("resumed"),
+                              nhwc + "--set train.max_steps=7"))
+                .exit_code,
+            0);
+  auto rest = run_command(train(path("tiny.yaml"), path("data"), path("resumed"),
+                                nhwc + "--resume auto"));
+  ASSERT_EQ(rest.exit_code, 0) << rest.output;
+  const fs::path last = fs::path("checkpoints") / checkpoint_file_name(14);
+  expect_same_weights(path("nhwc") / last, path("resumed") / last);
+  // The epoch records (the stopped run also logged its last step, 7).
+  const auto epochs = [](const fs::path& run) {
+    std::vector<json> out;
+    for (const auto& r : numeric_metrics(run)) {
+      if (r["type"] == "epoch") out.push_back(r);
+    }
+    return out;
+  };
+  EXPECT_EQ(epochs(path("nhwc")), epochs(path("resumed")));
+}
+
+// train.precision=bf16 (autocast of forward and loss): on a CPU with native bfloat16 it trains
+// the fp32 recipe's losses to bf16's precision (5% over 2 epochs) with fp32 weights in the
+// checkpoint; on a CPU without, it is refused as a config error (exit 2) that says why.
+TEST_F(TrainerE2E, Bf16TrainsNearTheFp32LossesOrIsRefusedWithoutNativeSupport) {
+  std::ifstream in("/proc/cpuinfo");
+  const std::string cpuinfo((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const std::string two = "--set train.epochs=2 ";
+  auto bf16 = run_command(
+      train(path("tiny.yaml"), path("data"), path("bf16"), two + "--set train.precision=bf16"));
+  if (!cpuinfo_has_native_bf16(cpuinfo)) {
+    EXPECT_EQ(bf16.exit_code, 2) << bf16.output;
+    EXPECT_NE(bf16.output.find("bfloat16"), std::string::npos) << bf16.output;
+    return;
+  }
+  ASSERT_EQ(bf16.exit_code, 0) << bf16.output;
+  auto fp32 = run_command(train(path("tiny.yaml"), path("data"), path("fp32"), two));
+  ASSERT_EQ(fp32.exit_code, 0) << fp32.output;
+  const auto a = logged_losses(path("fp32")), b = logged_losses(path("bf16"));
+  ASSERT_EQ(b.size(), a.size());
+  bool any_different = false;
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    EXPECT_NEAR(b[i], a[i], 0.05 * std::abs(a[i])) << "logged step record " << i;
+    any_different = any_different || b[i] != a[i];
+  }
+  EXPECT_TRUE(any_different) << "bf16 computed the fp32 losses bit for bit: autocast is not on";
+  ResNet9 model = load_checkpoint_model(
+      path("bf16") / "checkpoints" / checkpoint_file_name(14), nullptr);
+  for (const auto& p : model->parameters()) EXPECT_EQ(p.scalar_type(), torch::kFloat);
 }
 
 // Preemption (SIGUSR1, raised by fault injection before step 10, in the middle of epoch 1): every
