@@ -17,8 +17,11 @@
 #              sweep (48x48, 14,000 images)
 #   runtime    fer-dist-train --device cuda --validate-only: the CUDA runtime, driver, cuDNN and
 #              NCCL the trainer loads (it refuses two CUDA runtimes)
-#   gpu_tests  ctest -L gpu: NCCL communicator at world 1 (and 2 ranks with 2+ GPUs), the
-#              --device cuda run of tests/gpu/train_cuda_e2e_test.cpp (2 epochs + --resume auto);
+#   gpu_tests  ctest -L gpu: NCCL communicator at world 1 (and 2 ranks with 2+ GPUs); GradSync
+#              and SyncBN over NCCL against over MPI, and stream order (kernels still running
+#              when their output is all-reduced), tests/gpu/gpu_dist_test.cpp; checkpoints saved
+#              on cuda:0 loaded on the last GPU and the CPU, tests/gpu/checkpoint_cuda_test.cpp;
+#              the --device cuda run of tests/gpu/train_cuda_e2e_test.cpp (2 epochs + --resume auto);
 #              then the Cuda* suites of the other tests (the GPU batch path against the CPU's)
 #   e2e        the reference recipe (configs/fer2013_resnet9.yaml) with --device cuda: 2 epochs,
 #              then --resume auto for a third; the summary must say cuda and 3 epochs of steps
@@ -234,7 +237,8 @@ ph_build() {
   local log=$1
   local -a targets=()
   # A dry run builds what the GPU phases run; the real run builds the whole trainer-only set.
-  ((dry_run)) && targets=(--target fer-dist-train fer-tiny-dataset test_nccl_communicator test_train_cuda)
+  ((dry_run)) && targets=(--target fer-dist-train fer-tiny-dataset test_nccl_communicator test_gpu_dist
+                             test_checkpoint_cuda test_train_cuda)
   run_logged "$log" cmake --build "$build" -j "$jobs" "${targets[@]}" >/dev/null || return
   figure targets "$( ((dry_run)) && echo "${targets[*]:1}" || echo all)"
   [[ -x "$train" ]] || { PHASE_NOTE="no $train after the build"; return 1; }
