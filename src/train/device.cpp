@@ -2,6 +2,7 @@
 
 #include <dlfcn.h>
 #include <link.h>
+#include <unistd.h>
 #include <spdlog/spdlog.h>
 #include <torch/torch.h>
 
@@ -217,6 +218,12 @@ torch::Device resolve_device(const std::string& requested, int local_rank) {
 
 std::string resolve_device_name(const std::string& requested, int local_rank) {
   return resolve_device(requested, local_rank).str();
+}
+
+std::string host_name() {
+  char name[256] = {0};  // HOST_NAME_MAX is 64 on Linux
+  if (::gethostname(name, sizeof(name) - 1) != 0 || name[0] == '\0') return "unknown-host";
+  return name;
 }
 
 int configure_threads(int requested) {

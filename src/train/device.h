@@ -23,6 +23,9 @@ std::string resolve_device_name(const std::string& requested, int local_rank = 0
 // count. ConfigError when either is out of range.
 int bind_device_index(int local_rank, int visible_devices);
 
+// This machine's host name (gethostname), for the logs: which node a rank runs on.
+std::string host_name();
+
 // Sets intra-op threads: `requested` > 0, else OMP_NUM_THREADS, else all cores. Returns it.
 int configure_threads(int requested);
 

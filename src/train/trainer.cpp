@@ -205,6 +205,9 @@ void Trainer::setup() {
   control_.barrier("run folder check");  // every rank has looked before rank 0 writes it
   fs::create_directories(options_.run_dir / "logs");
   add_log_file((options_.run_dir / "logs" / ("rank-" + std::to_string(rank_) + ".log")).string());
+  spdlog::info("rank {}/{} on host {}, local rank {}, device {}", rank_, world_, host_name(),
+               (options_.groups ? options_.groups : local_groups_.get())->local_rank(),
+               device_.str());
   if (leader_) {
     fs::create_directories(ckpt_dir_);
     write_file_atomic(options_.run_dir / "config.yaml", config_yaml_);
