@@ -2,9 +2,12 @@
 // tests/unit/real_images.h), with the reference recipe (configs/fer2013_resnet9.yaml) at reduced
 // width and epochs: a regression floor on test accuracy for one process and for 2 ranks, and the
 // data-parallel equivalence (N ranks x B against 1 x N*B, the recipe's dropout 0.2) on these
-// images for 10 steps at N = 2, 3 and 4. Drawn faces are too easy to show arithmetic drift.
+// images for 10 steps at N = 2, 3 and 4, measured against float32's own floor on the same run
+// (one process at 2 threads against 1 thread). Drawn faces are too easy to show arithmetic drift.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cmath>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
@@ -31,14 +34,28 @@ constexpr int kSize = 32;  // 28x28 upscaled: ResNet9's three pools leave 4x4
 // more than class means fails) and 0.04 below the measurements (thread counts and BLAS builds
 // change the last bits, and training amplifies them).
 constexpr double kFloor = 0.72;
-// N ranks against 1 process, relative per-step loss. Measured on this set at N = 2, 3, 4: at most
-// 2e-7 for steps 1-5 (summation order only), then 4e-5 at step 6 growing to 4e-3 at step 10, the
-// same at every N. That growth is Adam, not SyncBN: a first Adam step moves every weight by about
-// lr * sign(g), so gradient elements at rounding level (|g| ~ 1e-9, whose sign depends on the
-// summation order the batch split changes) get full-size steps; plain BatchNorm2d trained on the
-// same batches in another order drifts the same way (tests/mpi/sync_bn_mpi_test.cpp prints it).
-constexpr double kFirstStepsTolerance = 1e-6;  // steps 1-5
-constexpr double kLaterStepsTolerance = 1e-2;  // steps 6-10
+// N ranks against 1 process, relative per-step loss, float32.
+//
+// Why not 1e-5 for all 10 steps (issue 15's target): float32 training of this network is not a
+// continuous function of rounding. Measured with tests/bench/fidelity/split_drift (the trainer's
+// step for 1 x 24 and N x 24/N in one process, bit for bit the losses of this test) on this set:
+// steps 1-5 agree within 2.1e-7 at N = 2, 3, 4; at step 4 one ReLU input within rounding of 0
+// changes sign (conv2), at step 5 one 2x2 max-pool window whose two largest inputs are 3.8e-6
+// apart (relative) routes its gradient to the other input (conv3's pool). Each such kink crossing
+// changes the gradient of every layer before it by 1e-4 to 1e-2 relative (and of no layer after
+// it); Adam passes that into the weights, the next forward differs by ~1e-4, hundreds of kinks
+// are crossed, and the loss is 4e-5 apart at step 6 and 4e-3 at step 10 - the same at every N,
+// and the same (to 2%) for ONE process run at 2 threads against 1 thread, or with every weight
+// multiplied by 1 + 1e-7 u at step 0 and no split at all. Dithering the images (no flat black
+// background) does not help: the near-ties are generic, not exact ties of flat regions. So:
+// - while one process at 2 threads stays within kFloat32Agreement of itself at 1 thread (no
+//   kink crossed yet), N ranks must too: 1e-6, tighter than the issue's 1e-5 (measured <= 2.1e-7);
+// - once float32 itself has departed, N ranks must stay within kFloorFactor x that floor (the
+//   two runs cross the same near-kinks of the reference trajectory: measured within 2%).
+// The issue's 1e-5 for 10 steps at N = 2, 3, 4 is asserted in float64, where rounding is 1e-16
+// and no kink is crossed (tests/mpi/sync_bn_mpi_test.cpp, sync_bn_mpi_np2/3/4: ~1e-12).
+constexpr double kFloat32Agreement = 1e-6;
+constexpr double kFloorFactor = 10.0;
 
 class RealImages : public ::testing::Test {
  protected:
@@ -102,12 +119,20 @@ TEST_F(RealImages, ReferenceRecipeLearnsAboveTheFloorOnOneProcessAndTwoRanks) {
   }
 }
 
-TEST_F(RealImages, NRanksReproduceOneProcessForTenStepsWithTheRecipesDropout) {
+TEST_F(RealImages,
+       NRanksMatchOneProcessWithin1e6WhileFloat32ItselfDoesThenWithin10xItsFloorFor10Steps) {
   const std::string ten = "--set train.max_steps=10 --set train.epochs=1 ";
   auto ref = train(1, "eq_np1", ten + "--set train.batch_size=24");
   ASSERT_EQ(ref.exit_code, 0) << ref.output;
   const auto l1 = step_losses(path("eq_np1"));
   ASSERT_EQ(l1.size(), 10u);
+  // float32's own floor: the same process and batches, another summation order (2 threads)
+  auto other = train(1, "eq_np1_threads2", ten + "--set train.batch_size=24 --set train.threads=2");
+  ASSERT_EQ(other.exit_code, 0) << other.output;
+  const auto l2 = step_losses(path("eq_np1_threads2"));
+  ASSERT_EQ(l2.size(), l1.size());
+  std::vector<double> floor;
+  for (std::size_t i = 0; i < l1.size(); ++i) floor.push_back(std::abs(l2[i] - l1[i]) / l1[i]);
   for (int n : {2, 3, 4}) {
     // 24 = 2 x 12 = 3 x 8 = 4 x 6: the same global batch
     const std::string run = "eq_np" + std::to_string(n);
@@ -115,11 +140,22 @@ TEST_F(RealImages, NRanksReproduceOneProcessForTenStepsWithTheRecipesDropout) {
     ASSERT_EQ(r.exit_code, 0) << r.output;
     const auto ln = step_losses(path(run));
     ASSERT_EQ(ln.size(), l1.size());
+    bool departed = false;  // float32 itself (1 process, 2 threads vs 1) past kFloat32Agreement
     for (std::size_t i = 0; i < l1.size(); ++i) {
+      departed = departed || floor[i] > kFloat32Agreement;
       const double rel = std::abs(ln[i] - l1[i]) / std::abs(l1[i]);
-      std::printf("N=%d step %zu: loss %.9f vs %.9f, relative %.2e\n", n, i + 1, ln[i], l1[i], rel);
-      EXPECT_LT(rel, i < 5 ? kFirstStepsTolerance : kLaterStepsTolerance)
-          << "N=" << n << " step " << i + 1 << " (tolerance " << (i < 5 ? "1e-6" : "1e-2") << ")";
+      std::printf("N=%d step %2zu: loss %.9f vs %.9f, relative %.2e (float32 floor: 2 threads "
+                  "vs 1, %.2e)\n",
+                  n, i + 1, ln[i], l1[i], rel, floor[i]);
+      if (!departed) {
+        EXPECT_LE(rel, kFloat32Agreement)
+            << "N=" << n << " step " << i + 1 << ": tolerance 1e-6 relative while one process "
+            << "at 2 threads is within 1e-6 of itself at 1 thread (issue 15's target is 1e-5)";
+      } else {
+        EXPECT_LE(rel, std::max(1e-5, kFloorFactor * floor[i]))
+            << "N=" << n << " step " << i + 1 << ": tolerance max(1e-5, 10 x float32's floor "
+            << floor[i] << "): one process at 2 threads against 1 thread departed first";
+      }
     }
   }
 }
