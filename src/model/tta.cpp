@@ -45,15 +45,24 @@ std::vector<torch::Tensor> tta_views(const torch::Tensor& x, Tta tta, int pad) {
   return views;
 }
 
-torch::Tensor tta_log_probs(ResNet9& model, const torch::Tensor& x, Tta tta, int pad) {
-  if (tta == Tta::kNone) return torch::log_softmax(model->forward(x), 1);
+torch::Tensor tta_probs(const TtaForward& forward, const torch::Tensor& x, Tta tta, int pad) {
+  if (tta == Tta::kNone) return torch::softmax(forward(x), 1);
   torch::Tensor sum;
   const auto views = tta_views(x, tta, pad);
   for (const auto& v : views) {
-    const auto p = torch::softmax(model->forward(v.contiguous()), 1);
+    const auto p = torch::softmax(forward(v.contiguous()), 1);
     sum = sum.defined() ? sum + p : p;
   }
-  return torch::log(sum / static_cast<double>(views.size()));
+  return sum / static_cast<double>(views.size());
+}
+
+torch::Tensor tta_log_probs(const TtaForward& forward, const torch::Tensor& x, Tta tta, int pad) {
+  if (tta == Tta::kNone) return torch::log_softmax(forward(x), 1);
+  return torch::log(tta_probs(forward, x, tta, pad));
+}
+
+torch::Tensor tta_log_probs(ResNet9& model, const torch::Tensor& x, Tta tta, int pad) {
+  return tta_log_probs([&model](const torch::Tensor& v) { return model->forward(v); }, x, tta, pad);
 }
 
 }  // namespace fer
