@@ -14,6 +14,7 @@
 //                    [--perturb E] [--batch B] [--width W] [--no-augment] [--top K | --all]
 //   defaults: N 2, 10 steps, global batch 24, dropout 0.2, width 0.125 (train_real_images_test's
 //   equivalence run); the rest of the recipe is configs/fer2013_resnet9.yaml's, one thread.
+//   --fp64: both runs in float64 (LibTorch's Adam): the same steps with rounding at 1e-16.
 //   --top K / --all: how many parameter tensors to list per step (by update difference).
 //   --perturb E: no split (N = 1 on both sides); instead the dist copy starts with every weight
 //                multiplied by (1 + E * u), u uniform in [-1, 1] - the growth of a generic
@@ -143,7 +144,7 @@ struct Args {
   std::string data;
   int n = 2, steps = 10, batch = 24, top = 4;
   double dropout = 0.2, width = 0.125, perturb = 0;
-  bool const_lr = false, augment = true, per_tensor_all = false;
+  bool const_lr = false, augment = true, per_tensor_all = false, fp64 = false;
 };
 
 }  // namespace
@@ -168,6 +169,7 @@ int main(int argc, char** argv) {
     else if (k == "--const-lr") a.const_lr = true;
     else if (k == "--no-augment") a.augment = false;
     else if (k == "--all") a.per_tensor_all = true;
+    else if (k == "--fp64") a.fp64 = true;
     else { std::fprintf(stderr, "unknown option %s\n", k.c_str()); return 2; }
   }
   if (a.perturb > 0) a.n = 1;
@@ -177,7 +179,9 @@ int main(int argc, char** argv) {
   fer::TrainConfig cfg = fer::load_train_config(
       recipe, {"model.width=" + std::to_string(a.width), "model.dropout=" + std::to_string(a.dropout),
                "train.batch_size=" + std::to_string(a.batch), "train.epochs=1",
-               std::string("data.augment=") + (a.augment ? "true" : "false")});
+               std::string("data.augment=") + (a.augment ? "true" : "false"),
+               // LibTorch's Adam for float64 (FusedAdam's flat buffers are float32)
+               std::string("optim.fused=") + (a.fp64 ? "false" : "true")});
   const fer::Manifest manifest = fer::load_manifest(a.data);
   fer::LoaderOptions lo;
   lo.mode = "memory";
@@ -213,6 +217,10 @@ int main(int argc, char** argv) {
     copy_state(ref, reps.back());
     if (a.n > 1) reps.back()->set_allreduce([&rv, r](Tensor& t) { rv.sum(r, t); });
   }
+  if (a.fp64) {
+    ref->to(torch::kDouble);
+    for (auto& m : reps) m->to(torch::kDouble);
+  }
   if (a.perturb > 0) {
     torch::NoGradGuard g;
     auto gen = at::make_generator<at::CPUGeneratorImpl>(12345);
@@ -231,9 +239,10 @@ int main(int argc, char** argv) {
   global.start_epoch(0, 0);
   for (auto& l : local) l->start_epoch(0, 0);
   std::printf("split_drift: N=%d global batch %d, dropout %.2f, width %.3f, augment %d, lr %s, "
-              "perturb %.1e, %lld steps per epoch\n",
+              "perturb %.1e, %s, %lld steps per epoch\n",
               a.n, a.batch, a.dropout, a.width, a.augment, a.const_lr ? "constant" : "one-cycle",
-              a.perturb, static_cast<long long>(total_steps));
+              a.perturb, a.fp64 ? "float64" : "float32",
+              static_cast<long long>(total_steps));
 
   for (int step = 0; step < a.steps; ++step) {
     Tensor gx, gy;
@@ -248,6 +257,10 @@ int main(int argc, char** argv) {
       ly[r] = y.clone();
     }
     const bool same_batch = torch::equal(torch::cat(lx), gx) && torch::equal(torch::cat(ly), gy);
+    if (a.fp64) {
+      gx = gx.to(torch::kDouble);
+      for (auto& x : lx) x = x.to(torch::kDouble);
+    }
     // the trainer's per-global-sample dropout mask
     Tensor keep;
     if (a.dropout > 0) {
@@ -255,6 +268,7 @@ int main(int argc, char** argv) {
           {static_cast<std::uint64_t>(cfg.train.seed), 0xd50a, static_cast<std::uint64_t>(step)}));
       keep = torch::empty({a.batch, ref->feature_size()});
       keep.bernoulli_(1.0 - a.dropout, gen);
+      if (a.fp64) keep = keep.to(torch::kDouble);
     }
     const double lr = a.const_lr ? schedule.lr(0) : schedule.lr(step);
     const double beta1 = schedule.momentum(step);

@@ -7,6 +7,7 @@
 #   no split, every weight x (1 + 1e-7 u) at step 0     (a generic rounding-size perturbation)
 #   N = 2, 3, 4 on the dithered set                     (no flat black background: no exact ties)
 #   N = 2 with a constant lr, and with dropout 0        (the schedule's and dropout's part)
+#   N = 2, 3, 4 in float64, 20 steps                     (the same steps with rounding at 1e-16)
 # Usage: tests/bench/fidelity/split_drift.sh <build dir> [work dir]   (needs targets
 #        fashion_folder, split_drift and fer-pack; about 30 s on one core). VERBOSE=1 prints every
 #        step's full report instead of the loss lines.
@@ -29,3 +30,4 @@ for n in 2 3 4; do "$bin/split_drift" "$work/data_d0" --n "$n" | show; done
 for n in 2 3 4; do "$bin/split_drift" "$work/data_d2" --n "$n" | show; done
 "$bin/split_drift" "$work/data_d0" --n 2 --const-lr | show
 "$bin/split_drift" "$work/data_d0" --n 2 --dropout 0 | show
+for n in 2 3 4; do "$bin/split_drift" "$work/data_d0" --n "$n" --fp64 --steps 20 | show; done
