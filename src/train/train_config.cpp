@@ -55,6 +55,7 @@ void TrainSection::describe(ConfigSchema& s) {
   s.field("log_every", &log_every);
   s.field("threads", &threads);
   s.field("skip_nonfinite", &skip_nonfinite);
+  s.field("host_sync", &host_sync);
   s.field("max_steps", &max_steps);
   s.field("accumulate_steps", &accumulate_steps);
   s.field("precision", &precision);
@@ -135,6 +136,10 @@ void TrainConfig::validate() const {
   require(train.accumulate_steps >= 1 && train.accumulate_steps <= 1024, "train.accumulate_steps",
           "must be 1..1024 (1 = no accumulation)");
   require(one_of(train.precision, {"fp32", "bf16"}), "train.precision", "must be fp32 or bf16");
+  require(one_of(train.host_sync, {"auto", "step", "log"}), "train.host_sync",
+          "must be auto, step or log");
+  require(!(train.skip_nonfinite && train.host_sync == "log"), "train.skip_nonfinite",
+          "needs train.host_sync=step (with log a bad step is found after its update)");
   require(checkpoint.every_epochs >= 1, "checkpoint.every_epochs", "must be >= 1");
   require(checkpoint.keep_last >= 1, "checkpoint.keep_last", "must be >= 1");
   require(one_of(dist.backend, {"auto", "mpi", "nccl"}), "dist.backend",

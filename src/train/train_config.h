@@ -71,6 +71,13 @@ struct TrainSection {
   int log_every = 50;             // metrics.jsonl step record every N steps
   int threads = 0;                // intra-op threads per rank; 0 = OMP_NUM_THREADS or all cores
   bool skip_nonfinite = false;    // skip a step whose loss is NaN/inf instead of stopping
+  // When the host reads the step's loss and accuracy: step (every step: a non-finite loss is
+  // caught before its update; on CUDA a host wait per step) | log (they add up on the device and
+  // are read every log_every steps and at epoch end: no host wait in the step; a non-finite loss
+  // is caught at the next read, after its update, and stops the run, whose last checkpoint is
+  // then the one to resume; skip_nonfinite needs step) | auto (log on CUDA, step on the CPU,
+  // where reading costs nothing).
+  std::string host_sync = "auto";
   int max_steps = 0;              // stop after N optimizer steps (0 = all); for smoke tests
   // Micro-batches of batch_size per optimizer step (gradient accumulation): the global batch is
   // world_size * batch_size * accumulate_steps, and one rank with K reproduces K ranks (SyncBN

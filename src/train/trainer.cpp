@@ -194,6 +194,9 @@ Trainer::Trainer(const TrainConfig& config, const TrainRunOptions& options)
     ce_options_.reduction(torch::kNone);  // weighted per sample, then the plain mean
     spdlog::info("class weights (balanced): {}", fmt::join(weights, ", "));
   }
+  read_every_step_ = config_.train.host_sync == "step" ||
+                     (config_.train.host_sync == "auto" && !device_.is_cuda());
+  pending_ = torch::zeros({2}, torch::TensorOptions(torch::kFloat64).device(device_));
   eval_options_.tta = parse_tta(config_.eval.tta);
   eval_options_.pad = config_.data.pad;
 }
@@ -308,11 +311,10 @@ StepResult Trainer::train_step(const torch::Tensor& images, const torch::Tensor&
     loss = loss_of(logits, in.y.back());
   }
   if (fault_.fires(rank_, state_.step, "nan")) loss = loss * std::nan("");
-  local.loss += loss.item<double>();
-  local.correct += logits.argmax(1).eq(in.y.back()).sum().item<std::int64_t>();
+  local.add(loss.detach(), logits.argmax(1).eq(in.y.back()).sum());
   forward_span.end();
-  StepResult result = agree_on_step(local.loss, local.correct);
-  if (!std::isfinite(result.loss)) {
+  StepResult result = agree_on_step(local);
+  if (result.read && !std::isfinite(result.loss)) {
     skip_nonfinite_step(result.loss);
     return result;
   }
@@ -366,19 +368,35 @@ Trainer::LocalTotals Trainer::accumulate_micro_batches(const MicroBatches& in) {
       logits = model_->forward(in.x[j], in.keep[j]);
       loss = loss_of(logits, in.y[j]);
     }
-    local.loss += loss.item<double>();
-    local.correct += logits.argmax(1).eq(in.y[j]).sum().item<std::int64_t>();
+    local.add(loss.detach(), logits.argmax(1).eq(in.y[j]).sum());
     loss.backward();
   }
   return local;
 }
 
+void Trainer::LocalTotals::add(const torch::Tensor& micro_loss,
+                               const torch::Tensor& micro_correct) {
+  loss = loss.defined() ? loss + micro_loss : micro_loss;
+  correct = correct.defined() ? correct + micro_correct : micro_correct;
+}
+
 // One all-reduce (sum) of {loss, correct, preempt flag, interrupt flag}: every rank leaves with
 // the global batch's mean loss and accuracy count, and the same decision to stop (preemption
-// wins over an interrupt).
-StepResult Trainer::agree_on_step(double local_loss, std::int64_t local_correct) {
+// wins over an interrupt). With train.host_sync log the loss and count stay on the device (added
+// to pending_, read by read_pending_totals) and only the flags are exchanged: no host wait.
+StepResult Trainer::agree_on_step(const LocalTotals& local) {
   const StopReason mine = stop_reason();
-  std::vector<double> values{local_loss, static_cast<double>(local_correct),
+  const torch::Tensor totals = torch::stack({local.loss.to(torch::kFloat64),
+                                             local.correct.to(torch::kFloat64)});
+  double local_loss = 0.0, local_correct = 0.0;
+  if (read_every_step_) {
+    const torch::Tensor host = totals.cpu();  // the step's one host read
+    local_loss = host[0].item<double>();
+    local_correct = host[1].item<double>();
+  } else {
+    pending_.add_(totals);
+  }
+  std::vector<double> values{local_loss, local_correct,
                              mine == StopReason::kPreempt ? 1.0 : 0.0,
                              mine == StopReason::kInterrupt ? 1.0 : 0.0};
   {
@@ -388,6 +406,7 @@ StepResult Trainer::agree_on_step(double local_loss, std::int64_t local_correct)
                        "loss and stop-flag all-reduce at step " + std::to_string(state_.step));
   }
   StepResult r;
+  r.read = read_every_step_;
   r.loss = values[0] / world_;
   r.correct = std::llround(values[1]);
   r.stop = values[2] > 0 ? StopReason::kPreempt
@@ -438,18 +457,26 @@ void Trainer::record_step(const StepResult& result, int batch_size) {
   }
   const std::int64_t global_batch = static_cast<std::int64_t>(world_) * batch_size;
   EpochTotals& t = state_.epoch_totals;
-  t.loss_sum += result.loss;
-  ++t.loss_steps;
-  t.correct += result.correct;
+  if (result.read) {
+    t.loss_sum += result.loss;
+    ++t.loss_steps;
+    t.correct += result.correct;
+    last_loss_ = result.loss;
+  } else {
+    ++pending_steps_;
+  }
   t.seen += global_batch;
   state_.images_trained += global_batch;
   window_images_ += global_batch;
-  progress_->step(state_.step, result.loss, lr, global_batch);
-  if (state_.step % config_.train.log_every == 0 || state_.step == last_step_) {
+  const bool log_now = state_.step % config_.train.log_every == 0 || state_.step == last_step_;
+  if (log_now) read_pending_totals();
+  progress_->step(state_.step, last_loss_, lr, global_batch);
+  if (log_now) {
     const double rate = window_images_ / std::max(1e-9, seconds_since(window_start_));
     if (metrics_) {
+      // host_sync log: the mean loss of the steps since the previous record
       metrics_->append({{"type", "step"}, {"step", state_.step}, {"epoch", state_.epoch},
-                        {"loss", result.loss}, {"lr", lr}, {"beta1", beta1},
+                        {"loss", last_loss_}, {"lr", lr}, {"beta1", beta1},
                         {"images_per_s", rate}});
     }
     progress_->clear();  // the line scrolls above the bar
@@ -459,11 +486,43 @@ void Trainer::record_step(const StepResult& result, int batch_size) {
   }
 }
 
+// train.host_sync log: the loss and accuracy totals of the steps since the last read, summed
+// over ranks (one data-plane all-reduce) and read by the host, into the epoch's totals. Every
+// rank calls it at the same steps (log steps, epoch ends, a stop). A non-finite loss among them
+// stops the run: its update has been applied, so no checkpoint is written after it.
+void Trainer::read_pending_totals() {
+  if (pending_steps_ == 0) return;
+  const std::int64_t first = state_.step - pending_steps_ + 1;
+  if (data_.active()) {
+    data_.allreduce(pending_, ReduceOp::kSum, "loss and accuracy all-reduce");
+  }
+  // A copy: on the CPU, .cpu() would alias pending_, which is zeroed next.
+  const torch::Tensor host = pending_.to(torch::kCPU, /*non_blocking=*/false, /*copy=*/true);
+  pending_.zero_();
+  const double loss_sum = host[0].item<double>() / world_;  // sum of the steps' global means
+  const std::int64_t steps = pending_steps_;
+  pending_steps_ = 0;
+  if (!std::isfinite(loss_sum)) {
+    throw TrainingError(
+        "loss is " + std::to_string(loss_sum) + " in steps " + std::to_string(first) + "-" +
+            std::to_string(state_.step) + " (epoch " + std::to_string(state_.epoch) +
+            "); stopping, the last good checkpoint is in " + ckpt_dir_.string(),
+        "lower schedule.max_lr or raise optim.grad_clip_*; train.host_sync=step finds the step "
+        "before its update (and train.skip_nonfinite=true can skip it)");
+  }
+  EpochTotals& t = state_.epoch_totals;
+  t.loss_sum += loss_sum;
+  t.loss_steps += steps;
+  t.correct += std::llround(host[1].item<double>());
+  last_loss_ = loss_sum / static_cast<double>(steps);
+}
+
 // Every rank got the same stop decision in the same step: rank 0 writes the checkpoint of the
 // step just done, no rank leaves before it is on disk (a launcher that sees one rank end kills
 // the others), then every rank throws.
 void Trainer::stop_run(StopReason reason) {
   progress_->clear();
+  read_pending_totals();
   average_bn_statistics();
   save_step_checkpoint();
   control_.barrier("checkpoint barrier before stopping");
@@ -527,6 +586,7 @@ EvalResult Trainer::evaluate_split(EvalLoader& loader) {
 // Evaluation, the epoch's metrics record, best.pt and the epoch checkpoint.
 void Trainer::end_epoch(double epoch_seconds) {
   progress_->clear();
+  read_pending_totals();
   average_bn_statistics();
   const EpochTotals& t = state_.epoch_totals;
   const bool epoch_done = state_.step_in_epoch >= steps_per_epoch_;

@@ -68,6 +68,7 @@ struct RunState {
 // What one training step produced; the same on every rank.
 struct StepResult {
   bool trained = false;         // false: non-finite loss, the update was skipped
+  bool read = true;             // loss and correct are set (train.host_sync step)
   double loss = 0.0;            // global mean loss of the step
   std::int64_t correct = 0;     // correctly classified samples of the global batch
   StopReason stop = StopReason::kNone;  // a rank was signalled: stop after this step
@@ -96,15 +97,18 @@ class Trainer {
   struct MicroBatches {
     std::vector<torch::Tensor> x, y, keep;  // keep: undefined without dropout
   };
+  // This rank's share of the step, on the device (nothing read by the host).
   struct LocalTotals {
-    double loss = 0.0;  // sum of the micro-batches' losses (each already over K)
-    std::int64_t correct = 0;
+    torch::Tensor loss;     // [] sum of the micro-batches' losses (each already over K)
+    torch::Tensor correct;  // [] correctly classified samples
+    void add(const torch::Tensor& micro_loss, const torch::Tensor& micro_correct);
   };
   MicroBatches micro_batches(const torch::Tensor& images, const torch::Tensor& labels,
                              const torch::Tensor& keep) const;
   torch::Tensor loss_of(const torch::Tensor& logits, const torch::Tensor& labels) const;
   LocalTotals accumulate_micro_batches(const MicroBatches& in);
-  StepResult agree_on_step(double local_loss, std::int64_t local_correct);
+  StepResult agree_on_step(const LocalTotals& local);
+  void read_pending_totals();
   torch::Tensor dropout_keep(std::uint64_t step, int batch_size) const;
   void average_bn_statistics();
   void skip_nonfinite_step(double loss);
@@ -144,6 +148,12 @@ class Trainer {
   EvalOptions eval_options_;
 
   RunState state_;
+  // train.host_sync: read the step's loss and accuracy every step, or let them add up in
+  // pending_ ([loss sum, correct] float64 on the device) for pending_steps_ steps.
+  bool read_every_step_ = true;
+  torch::Tensor pending_;
+  std::int64_t pending_steps_ = 0;
+  double last_loss_ = 0.0;  // the newest loss read (the progress line's)
   std::optional<std::filesystem::path> resume_path_;
   std::unique_ptr<MetricsLog> metrics_;
   std::unique_ptr<ProgressReporter> progress_;

@@ -10,6 +10,7 @@
 
 #include "common/fs_util.h"
 #include "data/manifest.h"
+#include "metrics_util.h"
 #include "test_util.h"
 #include "train/checkpoint.h"
 
@@ -214,6 +215,31 @@ TEST_F(DataParallel, OverlapOffGivesBitIdenticalResults) {
   const auto a = weights(path("ov_on") / ckpt), b = weights(path("ov_off") / ckpt);
   ASSERT_EQ(a.size(), b.size());
   for (std::size_t i = 0; i < a.size(); ++i) EXPECT_TRUE(torch::equal(a[i], b[i])) << i;
+}
+
+// train.host_sync=log on 2 ranks: the loss and accuracy totals cross ranks through the data
+// plane at log steps (log_every 4) instead of the per-step control all-reduce; the training is the
+// same bits and the epoch records the same numbers (train loss to float64 rounding).
+TEST_F(DataParallel, HostSyncLogGivesTheSameBitsAndEpochRecords) {
+  const std::string rest = "--set train.epochs=1 --set train.log_every=4";
+  ASSERT_EQ(train(2, 8, "sync_step", rest + " --set train.host_sync=step").exit_code, 0);
+  auto r = train(2, 8, "sync_log", rest + " --set train.host_sync=log");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const fs::path ckpt = fs::path("checkpoints") / checkpoint_file_name(7);
+  const auto a = weights(path("sync_step") / ckpt), b = weights(path("sync_log") / ckpt);
+  ASSERT_EQ(a.size(), b.size());
+  for (std::size_t i = 0; i < a.size(); ++i) EXPECT_TRUE(torch::equal(a[i], b[i])) << i;
+  const auto epoch = [](const fs::path& run) {
+    for (const auto& rec : fer::testing::numeric_metrics(run)) {
+      if (rec["type"] == "epoch") return rec;
+    }
+    return json();
+  };
+  const json x = epoch(path("sync_step")), y = epoch(path("sync_log"));
+  ASSERT_FALSE(x.is_null());
+  EXPECT_NEAR(x["train_loss"].get<double>(), y["train_loss"].get<double>(), 1e-12);
+  EXPECT_EQ(x["train_accuracy"], y["train_accuracy"]);
+  EXPECT_EQ(x["val"], y["val"]);
 }
 
 TEST_F(DataParallel, EvaluationCountsEverySampleOnceForThreeRanks) {

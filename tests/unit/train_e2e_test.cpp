@@ -8,6 +8,7 @@
 #include <csignal>
 #include <fstream>
 #include <iterator>
+#include <map>
 #include <nlohmann/json.hpp>
 
 #include "common/errors.h"
@@ -300,6 +301,68 @@ TEST_F(TrainerE2E, Bf16TrainsNearTheFp32LossesOrIsRefusedWithoutNativeSupport) {
   ResNet9 model = load_checkpoint_model(
       path("bf16") / "checkpoints" / checkpoint_file_name(14), nullptr);
   for (const auto& p : model->parameters()) EXPECT_EQ(p.scalar_type(), torch::kFloat);
+}
+
+// train.host_sync=log (the CUDA default: the step's loss and accuracy add up on the device and
+// the host reads them at log steps and epoch ends) trains the same bits as step (the CPU
+// default), and its step records hold the mean loss of the steps since the previous record: here
+// the mean of step-mode's per-step losses (log_every 1) over each pair of steps.
+TEST_F(TrainerE2E, HostSyncLogTrainsTheSameBitsAndLogsWindowMeans) {
+  const std::string two = "--set train.epochs=2 ";
+  auto step = run_command(train(path("tiny.yaml"), path("data"), path("step"),
+                                two + "--set train.host_sync=step --set train.log_every=1"));
+  ASSERT_EQ(step.exit_code, 0) << step.output;
+  auto log = run_command(
+      train(path("tiny.yaml"), path("data"), path("log"), two + "--set train.host_sync=log"));
+  ASSERT_EQ(log.exit_code, 0) << log.output;
+  const fs::path last = fs::path("checkpoints") / checkpoint_file_name(14);
+  expect_same_weights(path("step") / last, path("log") / last);
+  std::map<std::int64_t, double> per_step;
+  std::vector<json> step_epochs, log_epochs;
+  for (const auto& r : numeric_metrics(path("step"))) {
+    if (r["type"] == "step") per_step[r["step"].get<std::int64_t>()] = r["loss"].get<double>();
+    if (r["type"] == "epoch") step_epochs.push_back(r);
+  }
+  ASSERT_EQ(per_step.size(), 14u);
+  int windows = 0;
+  for (const auto& r : numeric_metrics(path("log"))) {
+    if (r["type"] == "epoch") log_epochs.push_back(r);
+    if (r["type"] != "step") continue;
+    // Records at steps 2, 4, 6 and 8, 10, 12, 14; the epoch end at 7 read step 7 alone.
+    const std::int64_t at = r["step"].get<std::int64_t>();
+    const std::int64_t from = at == 8 ? 8 : at - 1;
+    double sum = 0;
+    for (std::int64_t k = from; k <= at; ++k) sum += per_step.at(k);
+    EXPECT_NEAR(r["loss"].get<double>(), sum / static_cast<double>(at - from + 1), 1e-12)
+        << "step " << at;
+    ++windows;
+  }
+  EXPECT_EQ(windows, 7);
+  ASSERT_EQ(log_epochs.size(), step_epochs.size());
+  for (std::size_t e = 0; e < log_epochs.size(); ++e) {
+    EXPECT_NEAR(log_epochs[e]["train_loss"].get<double>(),
+                step_epochs[e]["train_loss"].get<double>(), 1e-12);
+    EXPECT_EQ(log_epochs[e]["train_accuracy"], step_epochs[e]["train_accuracy"]);
+    EXPECT_EQ(log_epochs[e]["val"], step_epochs[e]["val"]);
+  }
+}
+
+// With train.host_sync=log a non-finite loss is found at the next read, after its update: the
+// run stops (exit 7) naming the steps read, and writes no checkpoint after them; skipping such
+// steps needs host_sync=step (a config error otherwise).
+TEST_F(TrainerE2E, HostSyncLogStopsAtTheReadAfterANonFiniteLoss) {
+  const std::string env = "FER_FAULT_INJECT=kind:nan,step:9 ";
+  auto r = run_command(env + train(path("tiny.yaml"), path("data"), path("nan"),
+                                   "--set train.host_sync=log"));
+  EXPECT_EQ(r.exit_code, 7) << r.output;
+  EXPECT_NE(r.output.find("in steps 9-10"), std::string::npos) << r.output;
+  const auto kept = newest_valid_checkpoint(path("nan") / "checkpoints");
+  ASSERT_TRUE(kept.has_value());
+  EXPECT_EQ(read_checkpoint_meta(*kept).step, 7);
+  r = run_command(train(path("tiny.yaml"), path("data"), path("skip"),
+                        "--set train.host_sync=log --set train.skip_nonfinite=true"));
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_NE(r.output.find("train.host_sync=step"), std::string::npos) << r.output;
 }
 
 // Preemption (SIGUSR1, raised by fault injection before step 10, in the middle of epoch 1): every
