@@ -15,6 +15,7 @@
 #include "data/augment.h"
 #include "image/image_io.h"
 #include "model/resnet9.h"
+#include "model/tta.h"
 #include "predict/fused_resnet9.h"
 #include "train/checkpoint.h"
 #include "train/device.h"
@@ -49,6 +50,7 @@ struct Predictor::State {
   ResNet9 model{nullptr};
   std::unique_ptr<FusedResNet9> fused;  // the CPU's faster forward; null: the module's
   torch::Device device{torch::kCPU};
+  Tta tta = Tta::kNone;
   cv::CascadeClassifier cascade;
   std::unique_ptr<Normalizer> normalizer;
 };
@@ -63,6 +65,7 @@ Predictor::Predictor(const PredictOptions& options) : state_(std::make_unique<St
   FER_CHECK(options.min_face >= 8, ConfigError, "--min-face must be at least 8 pixels");
   FER_CHECK(options.threads >= 0, ConfigError, "--threads must be at least 0, got ",
             options.threads);
+  s.tta = parse_tta(options.tta);
   if (options.threads > 0) set_compute_threads(options.threads, options.threads);
   if (options.detect_faces) {
     if (!fs::exists(options.cascade) || !s.cascade.load(options.cascade.string())) {
@@ -91,6 +94,8 @@ Predictor::Predictor(const PredictOptions& options) : state_(std::make_unique<St
 Predictor::~Predictor() = default;
 
 const std::vector<std::string>& Predictor::classes() const { return state_->meta.classes; }
+
+const char* Predictor::tta_name() const { return to_string(state_->tta); }
 
 cv::Mat Predictor::from_bgr(const cv::Mat& bgr) const {
   FER_CHECK(bgr.type() == CV_8UC3, DataError, "expected an 8-bit BGR frame, got OpenCV type ",
@@ -165,8 +170,18 @@ std::vector<float> Predictor::classify(const float* faces, int n) {
     // from_blob does not copy and never writes: the const_cast only satisfies its signature.
     const torch::Tensor x = torch::from_blob(const_cast<float*>(faces) + begin * c * h * w,
                                              {rows, c, h, w}, torch::kFloat32);
-    const torch::Tensor logits = s.fused ? s.fused->forward(x) : s.model->forward(x.to(s.device));
-    const torch::Tensor probs = torch::softmax(logits, 1).to(torch::kCPU).contiguous();
+    torch::Tensor probs;
+    if (s.tta == Tta::kNone) {
+      const torch::Tensor logits = s.fused ? s.fused->forward(x) : s.model->forward(x.to(s.device));
+      probs = torch::softmax(logits, 1);
+    } else if (s.fused) {
+      probs = tta_probs([&s](const torch::Tensor& v) { return s.fused->forward(v); }, x, s.tta,
+                        kDefaultTtaPad);
+    } else {  // the views are made on the model's device
+      probs = tta_probs([&s](const torch::Tensor& v) { return s.model->forward(v); },
+                        x.to(s.device), s.tta, kDefaultTtaPad);
+    }
+    probs = probs.to(torch::kCPU).contiguous();
     std::copy_n(probs.data_ptr<float>(), rows * classes, out.data() + begin * classes);
   }
   return out;

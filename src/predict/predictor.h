@@ -36,6 +36,10 @@ struct PredictOptions {
   std::string device = "cpu";  // cpu | cuda | cuda:N | auto
   int threads = 0;             // > 0: LibTorch's and OpenCV's worker threads, process-wide;
                                // 0 keeps their defaults (all cores)
+  // Test-time augmentation, as the trainer's eval.tta (src/model/tta.h, the same views and
+  // averaging): none | flip (2 forward passes per face) | ten_crop (10; the crops of the
+  // default pad, kDefaultTtaPad, as fer-dist-train --eval-only).
+  std::string tta = "none";
 };
 
 // How the cascade scans an image. Its cost grows with the pixels, the edges in them and the
@@ -80,6 +84,8 @@ class Predictor {
   std::vector<ImageResult> predict(const std::vector<std::filesystem::path>& images);
 
   const std::vector<std::string>& classes() const;
+  // The test-time augmentation in use: "none", "flip" or "ten_crop".
+  const char* tta_name() const;
 
   // The steps predict() is made of, for callers with frames instead of files (src/predict/video.h):
   // detect, prepare every face, classify the prepared faces in batches.
@@ -97,7 +103,8 @@ class Predictor {
   // the checkpoint's mean/std; written to out[face_floats()].
   void prepare(const cv::Mat& image, const FaceBox& box, float* out) const;
   // Softmax probabilities of `n` prepared faces (n * face_floats() floats, one after the other):
-  // n rows of classes().size() values, row-major. n may exceed batch_size (split internally).
+  // n rows of classes().size() values, row-major, averaged over the views of the test-time
+  // augmentation when there is one. n may exceed batch_size (split internally).
   std::vector<float> classify(const float* faces, int n);
 
  private:

@@ -1,7 +1,8 @@
 // fer-predict end to end: fer-synth faces pasted into larger textured pictures are found where
 // they were pasted, JSON lines follow their schema, a picture without a face says so, a bad
 // picture is named while the others are still processed, --no-detect preprocesses exactly like
-// fer-pack + the trainer, --annotate draws the boxes.
+// fer-pack + the trainer, --annotate draws the boxes, --tta gives the trainer's test-time
+// augmentation (model/tta.h) through fer-predict's fused forward pass.
 //
 // The checkpoint is a freshly initialized ResNet9 (width 0.25) saved with the synth classes: what
 // is tested here is detection, preprocessing and output, not accuracy, and no training is needed.
@@ -9,7 +10,9 @@
 #include <torch/torch.h>
 
 #include <algorithm>
+#include <cmath>
 #include <fstream>
+#include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <opencv2/imgcodecs.hpp>
@@ -20,6 +23,7 @@
 #include "common/fs_util.h"
 #include "data/augment.h"
 #include "image/image_io.h"
+#include "model/tta.h"
 #include "synth_face.h"
 #include "test_util.h"
 #include "train/checkpoint.h"
@@ -232,6 +236,112 @@ TEST_F(FerPredict, NoDetectClassifiesTheWholePicturePreprocessedLikeTraining) {
     const auto index = std::find(names.begin(), names.end(), entry["label"]) - names.begin();
     EXPECT_NEAR(entry["probability"].get<double>(), probs[0][index].item<double>(), 1e-5) << entry;
   }
+}
+
+// --tta flip / ten_crop: the probabilities fer-predict prints (fused forward, BatchNorm folded)
+// are the trainer's evaluation TTA (tta_log_probs on the module, as train/evaluation.cpp calls
+// it, with fer-dist-train --eval-only's pad) of the same preprocessed faces, and differ from
+// --tta none. Three faces with --batch-size 2: the views of a split batch stay with their faces.
+TEST_F(FerPredict, TtaGivesTheTrainersTestTimeAugmentation) {
+  const fs::path root = tmp_->path();
+  std::vector<fs::path> crops;
+  for (int c = 0; c < 3; ++c) {
+    crops.push_back(root / ("tta_crop" + std::to_string(c) + ".png"));
+    // Off-centre faces: fer-synth shifts them by seed, so mirrors and crops see other pixels.
+    ASSERT_TRUE(cv::imwrite(crops.back().string(), tools::draw_synth_face(c, 20 + c, c, 48)));
+  }
+  std::string files;
+  for (const auto& c : crops) files += " " + quote(c);
+
+  // The trainer's side: fer-pack's decoder, the trainer's Normalizer.
+  CheckpointMeta meta = read_checkpoint_meta(root / "model.pt");
+  std::vector<float> input(crops.size() * 48 * 48);
+  for (std::size_t i = 0; i < crops.size(); ++i) {
+    std::vector<std::uint8_t> pixels(48 * 48);
+    std::string reason;
+    ASSERT_TRUE(decode_image_file(crops[i], 48, 1, pixels.data(), &reason)) << reason;
+    Normalizer(1, meta.mean.data(), meta.std.data())
+        .apply(pixels.data(), 48, 48, input.data() + i * 48 * 48);
+  }
+  const torch::Tensor x =
+      torch::from_blob(input.data(), {static_cast<std::int64_t>(crops.size()), 1, 48, 48});
+
+  // A model with BatchNorm affine parameters away from 1/0 and running statistics of real
+  // inputs (so folding them into the convolutions matters), and classifier rows without their
+  // common part, scaled to logits of standard deviation 2 (as tests/unit/predict_video_test.cpp
+  // explains): probabilities that follow the input, neither uniform nor saturated, which a mirror
+  // or a shifted crop changes.
+  torch::manual_seed(11);
+  ResNet9 model(meta.model);
+  {
+    torch::NoGradGuard no_grad;
+    auto params = model->named_parameters();
+    for (auto& p : params) {
+      if (p.key().find(".1.weight") != std::string::npos) p.value().normal_(1.0, 0.2);
+      if (p.key().find(".1.bias") != std::string::npos) p.value().normal_(0.0, 0.1);
+    }
+    model->train();
+    for (int i = 0; i < 50; ++i) model->forward(x);  // running statistics -> these faces'
+    model->eval();
+    torch::Tensor weight = params["classifier.weight"];
+    weight.sub_(weight.mean(1, /*keepdim=*/true));
+    params["classifier.bias"].zero_();
+    weight.mul_(2.0 / model->forward(x).std().item<double>());
+  }
+  save_checkpoint(root / "tta_model.pt", model, nullptr, meta);
+
+  // probability[tta][image][label] as fer-predict printed it.
+  std::map<std::string, std::vector<std::map<std::string, double>>> printed;
+  for (const std::string tta : {"none", "flip", "ten_crop"}) {
+    SCOPED_TRACE("--tta " + tta);
+    const auto r =
+        run_command(tool("fer-predict") + " --checkpoint " + quote(root / "tta_model.pt") +
+                    " --no-detect --json --top-k 7 " + "--batch-size 2 --tta " + tta + files);
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+    const auto lines = json_lines(r.output);
+    ASSERT_EQ(lines.size(), crops.size()) << r.output;
+    torch::Tensor want;
+    {
+      torch::NoGradGuard no_grad;
+      want = tta_log_probs(model, x, parse_tta(tta), kDefaultTtaPad).exp();
+    }
+    for (std::size_t i = 0; i < crops.size(); ++i) {
+      EXPECT_EQ(lines[i]["image"], crops[i].string());
+      EXPECT_EQ(lines[i]["tta"], tta);
+      auto& probs = printed[tta].emplace_back();
+      for (const auto& entry : lines[i]["top_k"]) {
+        const auto& names = meta.classes;
+        const auto label = entry["label"].get<std::string>();
+        const auto index = std::find(names.begin(), names.end(), label) - names.begin();
+        probs[label] = entry["probability"].get<double>();
+        // JSON rounds to 1e-6; the fused forward is within 1e-5 of the module's logits.
+        EXPECT_NEAR(probs[label], want[i][index].item<double>(), 2e-5) << crops[i] << " " << label;
+      }
+    }
+  }
+  // Each augmentation changes the probabilities (else the test above could not tell them apart).
+  for (const std::string tta : {"flip", "ten_crop"}) {
+    double largest = 0;
+    for (std::size_t i = 0; i < crops.size(); ++i) {
+      for (const auto& [label, p] : printed[tta][i]) {
+        largest = std::max(largest, std::abs(p - printed["none"][i][label]));
+      }
+    }
+    EXPECT_GT(largest, 1e-2) << "--tta " << tta << " against none";
+  }
+  double flip_vs_ten = 0;
+  for (const auto& [label, p] : printed["flip"][0]) {
+    flip_vs_ten = std::max(flip_vs_ten, std::abs(p - printed["ten_crop"][0][label]));
+  }
+  EXPECT_GT(flip_vs_ten, 1e-3);
+
+  // The table says which augmentation it used; an unknown one is a usage error.
+  auto r = run_command(tool("fer-predict") + " --checkpoint " + quote(root / "tta_model.pt") +
+                       " --no-detect --tta flip" + files);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("test-time augmentation: flip"), std::string::npos) << r.output;
+  r = run_command(predict("--tta five_crop " + files));
+  EXPECT_EQ(r.exit_code, 2) << r.output;
 }
 
 TEST_F(FerPredict, AnnotateWritesCopiesWithTheBoxesDrawn) {

@@ -5,7 +5,8 @@
 // with --start/--end/--max-frames and --every), the annotated video has the input's frame count
 // and size, smoothing reduces label changes against --smooth 0, the timeline is drawn, and bad
 // input (unreadable, truncated, empty, missing, a camera that does not open, a variable frame
-// rate, Ctrl-C) gives a message naming the source while the other inputs are still processed.
+// rate, Ctrl-C) gives a message naming the source while the other inputs are still processed,
+// and --tta applies to video faces.
 //
 // The checkpoint is an untrained ResNet9 (width 0.25): tracking, timing and outputs are tested,
 // not accuracy. Its near-uniform probabilities make per-frame labels flicker, which is what the
@@ -16,7 +17,9 @@
 #include <torch/torch.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <fstream>
 #include <map>
 #include <memory>
@@ -437,25 +440,86 @@ TEST_F(FerPredictVideo, BadVideosAreNamedTheOthersAreStillProcessedExit3) {
   EXPECT_LT(by_source["truncated.avi"]["frames"].get<int>(), kFrames);
 }
 
-TEST_F(FerPredictVideo, VariableFrameRateIsNotedAndTimesFollowTheTimestamps) {
+// A variable frame rate: processed in full with the container's timestamps as times, named on
+// stderr with the reason, exit 3 while the other inputs are still processed; --accept-vfr makes
+// it a note and exit 0.
+TEST_F(FerPredictVideo, VariableFrameRateIsProcessedNamedAndExit3UnlessAccepted) {
   const fs::path root = tmp_->path();
   std::vector<int> ms;
   for (int i = 0, t = 0; i < 20; ++i, t += (i % 2 ? 20 : 60)) ms.push_back(t);
   const cv::Mat bg = synth_video::background(one_);
   write_vfr_mkv(root / "vfr.mkv", ms, synth_video::draw_frame(one_, bg, 0));
-  const auto r = run_command(predict("--json " + file("vfr.mkv")));
-  EXPECT_EQ(r.exit_code, 0) << r.output;
-  EXPECT_NE(r.output.find((root / "vfr.mkv").string() + ": variable frame rate"), std::string::npos)
-      << r.output;
-  const auto lines = json_lines(r.output);
-  const auto end = with_key(lines, "status");
-  ASSERT_EQ(end.size(), 1u) << r.output;
-  EXPECT_EQ(end[0]["frames"], 20);
-  EXPECT_EQ(end[0]["variable_frame_rate"], true);
-  const auto faces = with_key(lines, "frame");
-  ASSERT_GE(faces.size(), 15u) << r.output;
-  for (const auto& j : faces) {
-    EXPECT_NEAR(j["time_s"].get<double>(), ms[j["frame"].get<int>()] / 1000.0, 1e-3) << j;
+  const std::string vfr = (root / "vfr.mkv").string();
+  for (const bool accept : {false, true}) {
+    SCOPED_TRACE(accept ? "--accept-vfr" : "without --accept-vfr");
+    const auto r = run_command(predict(std::string("--json ") + (accept ? "--accept-vfr " : "") +
+                                       file("vfr.mkv") + " " + file("one.avi")));
+    EXPECT_EQ(r.exit_code, accept ? 0 : 3) << r.output;
+    EXPECT_NE(r.output.find(std::string(accept ? "note: " : "error: ") + vfr +
+                            ": variable frame rate (frames 20.0-60.0 ms apart"),
+              std::string::npos)
+        << r.output;
+    EXPECT_EQ(r.output.find("--accept-vfr accepts such videos") != std::string::npos, !accept)
+        << r.output;
+    EXPECT_EQ(
+        r.output.find("1 of 2 video source(s) have a variable frame rate") != std::string::npos,
+        !accept)
+        << r.output;
+    const auto lines = json_lines(r.output);
+    std::map<std::string, json> end;
+    for (const auto& j : with_key(lines, "status")) {
+      end[fs::path(j["source"].get<std::string>()).filename()] = j;
+    }
+    ASSERT_EQ(end.size(), 2u) << r.output;
+    EXPECT_EQ(end["vfr.mkv"]["status"], "ok");  // processed in full
+    EXPECT_EQ(end["vfr.mkv"]["frames"], 20);
+    EXPECT_EQ(end["vfr.mkv"]["variable_frame_rate"], true);
+    EXPECT_EQ(end["one.avi"]["status"], "ok");  // the next input still processed
+    EXPECT_EQ(end["one.avi"]["frames"], kFrames);
+    EXPECT_EQ(end["one.avi"]["variable_frame_rate"], false);
+    std::size_t vfr_faces = 0;
+    for (const auto& j : with_key(lines, "frame")) {
+      if (j["source"] != vfr) continue;
+      ++vfr_faces;
+      EXPECT_NEAR(j["time_s"].get<double>(), ms[j["frame"].get<int>()] / 1000.0, 1e-3) << j;
+    }
+    EXPECT_GE(vfr_faces, 15u) << r.output;
+  }
+}
+
+// --tta on video faces: the same frames, tracks and boxes as without, other probabilities (the
+// faces go through Predictor::classify, whose TTA tests/unit/predict_test.cpp compares with the
+// trainer's), and the end line says which augmentation was used.
+TEST_F(FerPredictVideo, TtaAppliesToVideoFacesAndIsReported) {
+  std::map<std::string, std::vector<json>> faces;
+  for (const std::string tta : {"none", "flip", "ten_crop"}) {
+    const auto r = run_command(predict("--json --top-k 7 --smooth 0 --max-frames 12 --tta " + tta +
+                                       " " + file("two.avi")));
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+    const auto lines = json_lines(r.output);
+    const auto end = with_key(lines, "status");
+    ASSERT_EQ(end.size(), 1u) << r.output;
+    EXPECT_EQ(end[0]["tta"], tta);
+    EXPECT_EQ(end[0]["frames"], 12);
+    faces[tta] = with_key(lines, "frame");
+  }
+  for (const std::string tta : {"flip", "ten_crop"}) {
+    SCOPED_TRACE("--tta " + tta);
+    ASSERT_EQ(faces[tta].size(), faces["none"].size());
+    ASSERT_GE(faces[tta].size(), 20u);
+    double largest = 0;
+    for (std::size_t i = 0; i < faces[tta].size(); ++i) {
+      const json &a = faces[tta][i], &b = faces["none"][i];
+      EXPECT_EQ(a["frame"], b["frame"]);
+      EXPECT_EQ(a["track"], b["track"]);
+      EXPECT_EQ(a["box"], b["box"]);
+      std::map<std::string, double> p;
+      for (const auto& e : b["top_k"]) p[e["label"]] = e["probability"];
+      for (const auto& e : a["top_k"]) {
+        largest = std::max(largest, std::abs(e["probability"].get<double>() - p[e["label"]]));
+      }
+    }
+    EXPECT_GT(largest, 1e-3);  // the printed probabilities are rounded to 1e-6
   }
 }
 
