@@ -6,8 +6,9 @@
 #   train  tests/bench/train/run.sh  train step, end-to-end epoch, loader vs resnet9_ref.py
 #   dist   tests/bench/dist/run.sh   GradSync vs raw MPI_Allreduce, np2 vs np1 scaling
 #   optim  tests/bench/train/run_optimizer.sh   optimizer step: FusedAdam vs LibTorch's Adam
+#   levers tests/bench/train/run_levers.sh  step vs the conv limit; each lever on and off
 #   predict  tests/bench/predict/run.sh  fer-predict on a 640x480 video vs the video's own rate
-# Usage: tests/bench/run_all.sh [pack] [train] [dist] [optim] [predict]   (default: all five;
+# Usage: tests/bench/run_all.sh [pack] [train] [dist] [optim] [levers] [predict]   (default: all six;
 # ~18 min on 2 cores)
 # Needs a build (BUILD_DIR, default build/) with the benchmark targets and
 # `launch/install-deps.sh --bench`. Ratios are measured side by side in one run; a machine shared
@@ -15,14 +16,15 @@
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 benches=("$@")
-(( ${#benches[@]} )) || benches=(pack train dist optim predict)
+(( ${#benches[@]} )) || benches=(pack train dist optim levers predict)
 log=${LOG_DIR:-$(mktemp -d /tmp/fer-bench-all.XXXXXX)}
 mkdir -p "$log"
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 for b in "${benches[@]}"; do
   script=$root/tests/bench/$b/run.sh
   [[ $b == optim ]] && script=$root/tests/bench/train/run_optimizer.sh
-  [[ -x "$script" ]] || { echo "unknown benchmark '$b' (pack, train, dist, optim, predict)" >&2; exit 2; }
+  [[ $b == levers ]] && script=$root/tests/bench/train/run_levers.sh
+  [[ -x "$script" ]] || { echo "unknown benchmark '$b' (pack, train, dist, optim, levers, predict)" >&2; exit 2; }
   echo "run_all: $b ... (log: $log/$b.log)" >&2
   start=$(date +%s)
   "$script" >"$log/$b.log" 2>&1 ||

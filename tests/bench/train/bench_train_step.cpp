@@ -10,9 +10,13 @@
 //            from_blob from std::vectors (as TrainLoader hands it over), lr/beta1 written into
 //            the param group, the per-step dropout reseed, loss.item() (a sync point on GPU,
 //            free on CPU) and the accuracy count.
-//   channels_last  plain, with conv weights and the input in channels-last (NHWC) memory format:
-//            a candidate speed-up for the trainer (oneDNN convolutions without NCHW reorders);
-//            compare it with plain before adopting it.
+// Levers, appended to the mode with '+' (e.g. plain+channels_last+fused), each one a trainer
+// setting, so that run_levers.sh can show what each buys:
+//   channels_last  model.channels_last: conv weights and the input in NHWC memory format.
+//   fused          optim.fused: FusedAdam (flat buffers, src/train/fused_adam.h) instead of
+//                  LibTorch's Adam, clip by value on the flat buffers.
+//   bf16           train.precision=bf16: forward and loss under autocast (src/train/precision.h).
+// "channels_last" alone is plain+channels_last (the former mode name).
 // Like fer-dist-train, the process keeps freed memory for reuse (src/common/allocator.h);
 // FER_BENCH_DEFAULT_MALLOC=1 runs with glibc's default malloc instead.
 // Warm-up: 2 steps (the reference's), then STEPS timed steps. Timed twice: by the wall clock
@@ -28,11 +32,14 @@
 #include <cstdio>
 #include <cstdlib>
 #include <ctime>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "common/allocator.h"
 #include "model/resnet9.h"
+#include "train/fused_adam.h"
+#include "train/precision.h"
 
 namespace {
 
@@ -46,7 +53,7 @@ constexpr double kWeightDecay = 1e-4;
 int usage() {
   std::fprintf(stderr,
                "usage: bench_train_step THREADS BATCH STEPS [WIDTH=1] "
-               "[MODE=plain|trainer|channels_last] [INTEROP=0]\n");
+               "[MODE=plain|trainer[+channels_last][+fused][+bf16]] [INTEROP=0]\n");
   return 2;
 }
 
@@ -58,10 +65,25 @@ int main(int argc, char** argv) {
   const int batch = std::atoi(argv[2]);
   const int steps = std::atoi(argv[3]);
   const double width = argc > 4 ? std::atof(argv[4]) : 1.0;
-  const std::string mode = argc > 5 ? argv[5] : "plain";
+  std::string mode = argc > 5 ? argv[5] : "plain";
+  if (mode == "channels_last") mode = "plain+channels_last";
   const int interop = argc > 6 ? std::atoi(argv[6]) : 0;
+  const std::string base = mode.substr(0, mode.find('+'));
+  bool channels_last = false, fused = false, bf16 = false;
+  for (std::size_t at = mode.find('+'); at != std::string::npos; at = mode.find('+', at + 1)) {
+    const std::string lever = mode.substr(at + 1, mode.find('+', at + 1) - at - 1);
+    if (lever == "channels_last") {
+      channels_last = true;
+    } else if (lever == "fused") {
+      fused = true;
+    } else if (lever == "bf16") {
+      bf16 = true;
+    } else {
+      return usage();
+    }
+  }
   if (threads < 1 || batch < 1 || steps < 1 || width <= 0 ||
-      (mode != "plain" && mode != "trainer" && mode != "channels_last")) {
+      (base != "plain" && base != "trainer")) {
     return usage();
   }
   if (interop > 0) torch::set_num_interop_threads(interop);
@@ -76,23 +98,26 @@ int main(int argc, char** argv) {
 
   fer::ResNet9Options options;
   options.width = width;
+  options.channels_last = channels_last;  // NHWC weights; forward converts the input
   fer::ResNet9 model(options);
   torch::optim::Adam optimizer(model->parameters(),
                                torch::optim::AdamOptions(kLr).weight_decay(kWeightDecay));
+  std::unique_ptr<fer::FusedAdam> fused_adam;
+  if (fused) {
+    fer::FusedAdamOptions o;
+    o.lr = kLr;
+    o.weight_decay = kWeightDecay;
+    fused_adam = std::make_unique<fer::FusedAdam>(model->parameters(), o);
+  }
+  const fer::Precision precision = bf16 ? fer::Precision::kBf16 : fer::Precision::kFp32;
   torch::Tensor x = torch::randn({batch, 1, kSide, kSide});
   const torch::Tensor y = torch::randint(0, kClasses, {batch}, torch::kInt64);
   // trainer mode: the loader hands over a std::vector per batch, wrapped without a copy.
   std::vector<float> pixels(x.data_ptr<float>(), x.data_ptr<float>() + x.numel());
   std::vector<std::int64_t> labels(y.data_ptr<std::int64_t>(),
                                    y.data_ptr<std::int64_t>() + y.numel());
-  const bool trainer = mode == "trainer";
-  if (mode == "channels_last") {
-    torch::NoGradGuard no_grad;
-    for (torch::Tensor& p : model->parameters()) {
-      if (p.dim() == 4) p.set_data(p.contiguous(torch::MemoryFormat::ChannelsLast));
-    }
-    x = x.contiguous(torch::MemoryFormat::ChannelsLast);
-  }
+  const bool trainer = base == "trainer";
+  if (channels_last) x = x.contiguous(torch::MemoryFormat::ChannelsLast);
 
   std::int64_t correct = 0;
   double loss_sum = 0.0;
@@ -114,13 +139,22 @@ int main(int argc, char** argv) {
       input = torch::from_blob(pixels.data(), {batch, 1, kSide, kSide}, torch::kFloat32);
       target = torch::from_blob(labels.data(), {batch}, torch::kInt64);
     }
-    optimizer.zero_grad();
-    const torch::Tensor logits = model->forward(input);
-    torch::Tensor loss = torch::nn::functional::cross_entropy(logits, target);
+    fused ? fused_adam->zero_grad() : optimizer.zero_grad();
+    torch::Tensor logits, loss;
+    {
+      const fer::AutocastScope autocast(precision, torch::kCPU);
+      logits = model->forward(input);
+      loss = torch::nn::functional::cross_entropy(logits, target);
+    }
     if (trainer) loss_sum += loss.item<double>();
     loss.backward();
-    torch::nn::utils::clip_grad_value_(model->parameters(), kClipValue);
-    optimizer.step();
+    if (fused) {
+      fused_adam->clip_grad_value(kClipValue);
+      fused_adam->step();
+    } else {
+      torch::nn::utils::clip_grad_value_(model->parameters(), kClipValue);
+      optimizer.step();
+    }
     if (trainer) correct += logits.argmax(1).eq(target).sum().item<std::int64_t>();
   }
   const double seconds =
