@@ -4,12 +4,15 @@
 //
 // Usage: fashion_folder <root> [--size S] [--train N] [--val N] [--test N]
 //                              [--dither D] [--rare-class C --rare-count N]
+//                              [--rare-val-count N] [--rare-test-count N]
 //   train = the first N images of the train file, val the next N, test the first N of t10k.
 //   --dither D: adds a fixed per-pixel offset in [-D, D] gray levels (a fixed seed, the same on
 //               every run), rounded and clamped, after upscaling, to every split: breaks the exact
 //               ties of the black backgrounds while the images stay the real ones.
 //   --rare-class C --rare-count N: keeps only the first N train images of class C (an imbalanced
-//               train split, as FER2013's disgust); val and test keep every class.
+//               train split, as FER2013's disgust); val and test keep every image of it unless
+//               --rare-val-count / --rare-test-count cut them too (FER2013's val and test have
+//               the train split's class shares).
 #include <cstdio>
 #include <cstdlib>
 #include <random>
@@ -53,11 +56,13 @@ RealImageSet keep_few(const RealImageSet& s, int cls, int count) {
 int main(int argc, char** argv) {
   if (argc < 2) {
     std::fprintf(stderr, "usage: fashion_folder <root> [--size S] [--train N] [--val N] "
-                         "[--test N] [--dither D] [--rare-class C --rare-count N]\n");
+                         "[--test N] [--dither D] [--rare-class C --rare-count N] "
+                         "[--rare-val-count N] [--rare-test-count N]\n");
     return 2;
   }
   const std::string root = argv[1];
   int size = 32, train = 1600, val = 200, test = 500, dither = 0, rare = -1, rare_count = 0;
+  int rare_val = -1, rare_test = -1;
   for (int i = 2; i + 1 < argc; i += 2) {
     const std::string k = argv[i];
     const int v = std::atoi(argv[i + 1]);
@@ -68,6 +73,8 @@ int main(int argc, char** argv) {
     else if (k == "--dither") dither = v;
     else if (k == "--rare-class") rare = v;
     else if (k == "--rare-count") rare_count = v;
+    else if (k == "--rare-val-count") rare_val = v;
+    else if (k == "--rare-test-count") rare_test = v;
     else { std::fprintf(stderr, "unknown option %s\n", k.c_str()); return 2; }
   }
   namespace t = fer::testing;
@@ -80,6 +87,8 @@ int main(int argc, char** argv) {
   auto va = dithered(t::upscale(t::load_fashion_mnist("train", train, val), size), dither, 2);
   auto te = dithered(t::upscale(t::load_fashion_mnist("test", 0, test), size), dither, 3);
   if (rare >= 0) tr = keep_few(tr, rare, rare_count);
+  if (rare >= 0 && rare_val >= 0) va = keep_few(va, rare, rare_val);
+  if (rare >= 0 && rare_test >= 0) te = keep_few(te, rare, rare_test);
   t::write_image_folder(root, {{"train", tr}, {"val", va}, {"test", te}});
   std::printf("fashion_folder: %s: %lld train, %lld val, %lld test at %dx%d, dither %d\n",
               root.c_str(), static_cast<long long>(tr.count), static_cast<long long>(va.count),
