@@ -4,6 +4,8 @@
 
 #include <nlohmann/json_fwd.hpp>
 
+#include <filesystem>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -31,14 +33,37 @@ struct EvalResult {
 };
 
 // [size, C, H, W] float32 images and [size] int64 labels of a loader batch, on `device` (no copy
-// on the CPU: views of the batch's buffers, valid while the batch is).
+// on the CPU: views of the batch's buffers, valid while the batch is; to CUDA through pinned
+// memory, non_blocking).
 torch::Tensor batch_images(Batch& batch, const Manifest& m, const torch::Device& device);
 torch::Tensor batch_labels(Batch& batch, const torch::Device& device);
 
-// Loss and confusion matrix of the samples `loader` yields (this rank's part of a split), in eval
-// mode without gradients, with the test-time augmentation of `options`.
-EvalResult evaluate(ResNet9& model, EvalLoader& loader, const Manifest& m,
-                    const torch::Device& device, const EvalOptions& options = {});
+// This rank's part of a val/test split as batches on the model's device, in split order: read by
+// EvalLoader on the host and copied (data.loader memory/stream), or held on the device by
+// DeviceSplit::eval (data.loader device: no host-to-device traffic per batch). Both give the same
+// floats bit for bit.
+class EvalBatches {
+ public:
+  EvalBatches(const std::filesystem::path& dataset_dir, const Manifest& manifest,
+              const std::string& split, int world_size, int rank, int batch_size,
+              const torch::Device& device, bool on_device);
+  ~EvalBatches();
+  EvalBatches(const EvalBatches&) = delete;
+  EvalBatches& operator=(const EvalBatches&) = delete;
+  void reset();
+  // The next batch (images [B, C, H, W] float32, labels [B] int64 on the device); false at the end.
+  bool next(torch::Tensor* images, torch::Tensor* labels);
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+// Loss and confusion matrix of the samples `batches` yields (this rank's part of a split), in eval
+// mode without gradients, with the test-time augmentation of `options`. The sums stay on the
+// device until the end: one host read per evaluation, none per batch.
+EvalResult evaluate(ResNet9& model, EvalBatches& batches, int num_classes,
+                    const EvalOptions& options = {});
 
 // Sums a rank's evaluation over all ranks (collective on the control plane): the whole split's.
 void reduce_eval(EvalResult* r, ControlPlane& control);

@@ -179,8 +179,8 @@ Trainer::Trainer(const TrainConfig& config, const TrainRunOptions& options)
   loading.mode = resolve_loader_mode(config_.data.loader, device_);
   batches_ = std::make_unique<TrainBatches>(options.data_dir, manifest_, world_, rank_, loading,
                                             device_);
-  val_loader_ = std::make_unique<EvalLoader>(options.data_dir, manifest_, "val", world_, rank_,
-                                             config_.train.eval_batch_size);
+  eval_on_device_ = loading.mode == "device";
+  val_batches_ = eval_batches("val");
   steps_per_epoch_ = batches_->steps_per_epoch();
   const std::int64_t total_steps = steps_per_epoch_ * config_.train.epochs;
   schedule_.emplace(schedule_options(config_.schedule, config_.optim.betas[0], total_steps));
@@ -576,9 +576,15 @@ void Trainer::average_bn_statistics() {
   }
 }
 
-EvalResult Trainer::evaluate_split(EvalLoader& loader) {
+std::unique_ptr<EvalBatches> Trainer::eval_batches(const std::string& split) const {
+  return std::make_unique<EvalBatches>(options_.data_dir, manifest_, split, world_, rank_,
+                                       config_.train.eval_batch_size, device_, eval_on_device_);
+}
+
+EvalResult Trainer::evaluate_split(EvalBatches& batches) {
   const trace::Span span("eval");
-  EvalResult r = evaluate(model_, loader, manifest_, device_, eval_options_);
+  EvalResult r =
+      evaluate(model_, batches, static_cast<int>(manifest_.classes.size()), eval_options_);
   reduce_eval(&r, control_);
   return r;
 }
@@ -598,7 +604,7 @@ void Trainer::end_epoch(double epoch_seconds) {
               {"train_accuracy", t.seen ? double(t.correct) / t.seen : 0.0},
               {"seconds", epoch_seconds}};
   if ((state_.epoch + 1) % config_.train.eval_every == 0 || last) {
-    const EvalResult val = evaluate_split(*val_loader_);
+    const EvalResult val = evaluate_split(*val_batches_);
     record["val"] = eval_json(val, manifest_.classes);
     const double acc = val.confusion.accuracy();
     spdlog::info("epoch {} done: train loss {:.4f} acc {:.4f} | val loss {:.4f} acc {:.4f} "
@@ -704,9 +710,7 @@ TrainSummary Trainer::finish() {
     } else if (fs::exists(best)) {
       load_checkpoint_into(best, model_, nullptr, nullptr);
     }
-    EvalLoader test_loader(options_.data_dir, manifest_, "test", world_, rank_,
-                           config_.train.eval_batch_size);
-    const EvalResult test = evaluate_split(test_loader);
+    const EvalResult test = evaluate_split(*eval_batches("test"));
     summary.test_accuracy = test.confusion.accuracy();
     summary_json["test"] = eval_json(test, manifest_.classes);
     spdlog::info("test (best checkpoint, step {}): accuracy {:.4f} macro-F1 {:.4f}",
@@ -743,10 +747,12 @@ std::string evaluate_checkpoint(const fs::path& checkpoint, const fs::path& data
   json out{{"checkpoint", checkpoint.string()}, {"step", meta.step}};
   for (const char* split : {"val", "test"}) {
     if (!manifest.splits.count(split)) continue;
-    EvalLoader loader(data_dir, manifest, split, 1, 0, batch_size);
+    EvalBatches batches(data_dir, manifest, split, 1, 0, batch_size, device,
+                        /*on_device=*/false);
     EvalOptions options;
     options.tta = parse_tta(tta);
-    const EvalResult r = evaluate(model, loader, manifest, device, options);
+    const EvalResult r =
+        evaluate(model, batches, static_cast<int>(manifest.classes.size()), options);
     out[split] = eval_json(r, manifest.classes);
     std::printf("%-5s accuracy %.4f  macro-F1 %.4f  loss %.4f  (%lld images, TTA %s)\n", split,
                 r.confusion.accuracy(), r.confusion.macro_f1(), r.loss,

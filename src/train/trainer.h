@@ -116,7 +116,8 @@ class Trainer {
   void log_step(double lr, double beta1);
   [[noreturn]] void stop_run(StopReason reason);
   void inject_faults();
-  EvalResult evaluate_split(EvalLoader& loader);
+  EvalResult evaluate_split(EvalBatches& batches);
+  std::unique_ptr<EvalBatches> eval_batches(const std::string& split) const;
   CheckpointMeta checkpoint_meta() const;
   void save_step_checkpoint();
   void resume_from(const std::filesystem::path& checkpoint);
@@ -140,7 +141,8 @@ class Trainer {
   std::unique_ptr<TrainOptimizer> optimizer_;
   std::unique_ptr<GradSync> grad_sync_;
   std::unique_ptr<TrainBatches> batches_;
-  std::unique_ptr<EvalLoader> val_loader_;
+  std::unique_ptr<EvalBatches> val_batches_;
+  bool eval_on_device_ = false;  // data.loader device: val/test held on the device too
   std::optional<OneCycleSchedule> schedule_;
   std::int64_t steps_per_epoch_ = 0, last_step_ = 0;
   torch::nn::functional::CrossEntropyFuncOptions ce_options_;
