@@ -151,6 +151,8 @@ for t in "${threads_list[@]}"; do
     printf "result train_%s@%d %.1f %.1f %.3f %s images/s\n" "$b" "$t" "${rate[${b}_ours$t]}" \
       "${rate[${b}_ref$t]}" "$(div "${rate[${b}_ours$t]}" "${rate[${b}_ref$t]}")" "$target"
   done
+  printf "result train_step_rss@%d %.0f %.0f %.3f %s MiB\n" "$t" "$(div "${rss[step_ours$t]}" 1024)" \
+    "$(div "${rss[step_ref$t]}" 1024)" "$(div "${rss[step_ours$t]}" "${rss[step_ref$t]}")" "<=1.20"
   consume=${rate[e2e_ours$t]}
   (( $(echo "${rate[step_ours$t]} > $consume" | bc -l) )) && consume=${rate[step_ours$t]}
   printf "result loader@%d %.1f %.1f %.3f %s images/s\n" "$t" "${rate[loader$t]}" "$consume" \
