@@ -19,6 +19,7 @@ packages=(
   libspdlog-dev libfmt-dev libyaml-cpp-dev libcli11-dev nlohmann-json3-dev
   libgtest-dev googletest
   slurm-wlm munge                     # the sbatch scripts are tested on a local one-node Slurm
+  iproute2                            # ip netns + veth: the two-node cluster of tests/cluster
   clang libclang-rt-14-dev            # ASan/UBSan + libFuzzer targets (tests/fuzz, FER_FUZZ=ON)
   dataset-fashion-mnist               # real images for the SyncBN tests (tests/unit/real_images.h)
 )
