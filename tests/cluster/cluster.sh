@@ -63,6 +63,10 @@ check() {
     exit $kSkip
   fi
   ip netns del "$probe"
+  if ! unshare --uts --mount --propagation slave -- true 2>/dev/null; then
+    echo "cluster.sh: cannot create UTS and mount namespaces here (unshare --uts --mount)" >&2
+    exit $kSkip
+  fi
 }
 
 # Every pid in network namespace NS (ip netns pids, or by /proc/*/ns/net when that fails).
