@@ -112,6 +112,10 @@ trap 'stopping=1' INT TERM
 # next to mpirun, ends mpirun when it has had no rank on this host for FER_TEARDOWN_S seconds
 # (default 15) after it had some.
 teardown_s=${FER_TEARDOWN_S:-15}
+if [[ ! "$teardown_s" =~ ^[0-9]+$ ]]; then
+  echo "mpirun.sh: FER_TEARDOWN_S must be a number of seconds, not '$teardown_s'" >&2
+  exit "$kExitUsage"
+fi
 watch_teardown() {
   local me=$BASHPID pid="" child ranks seen=0 idle_since=0
   for _ in $(seq 100); do  # mpirun: our parent's other child
