@@ -14,6 +14,7 @@
 //                    [--perturb E] [--batch B] [--width W] [--no-augment] [--top K | --all]
 //   defaults: N 2, 10 steps, global batch 24, dropout 0.2, width 0.125 (train_real_images_test's
 //   equivalence run); the rest of the recipe is configs/fer2013_resnet9.yaml's, one thread.
+//   --channels-last: model.channels_last (NHWC weights and activations), as the trainer does.
 //   --fp64: both runs in float64 (LibTorch's Adam): the same steps with rounding at 1e-16.
 //   --top K / --all: how many parameter tensors to list per step (by update difference).
 //   --perturb E: no split (N = 1 on both sides); instead the dist copy starts with every weight
@@ -114,6 +115,7 @@ Tensor block(torch::nn::Module& model, const std::string& name, Tensor x, bool p
 Tensor traced_forward(fer::ResNet9& model, Tensor x, const Tensor& keep, double dropout,
                       Trace* tr) {
   auto& m = *model;
+  if (model->options().channels_last) x = x.contiguous(at::MemoryFormat::ChannelsLast);
   x = block(m, "conv2", block(m, "conv1", x, false, tr), true, tr);
   x = block(m, "res1.1", block(m, "res1.0", x, false, tr), false, tr) + x;
   x = block(m, "conv4", block(m, "conv3", x, true, tr), true, tr);
@@ -144,7 +146,8 @@ struct Args {
   std::string data;
   int n = 2, steps = 10, batch = 24, top = 4;
   double dropout = 0.2, width = 0.125, perturb = 0;
-  bool const_lr = false, augment = true, per_tensor_all = false, fp64 = false;
+  bool const_lr = false, augment = true, per_tensor_all = false, fp64 = false,
+       channels_last = false;
 };
 
 }  // namespace
@@ -170,6 +173,7 @@ int main(int argc, char** argv) {
     else if (k == "--no-augment") a.augment = false;
     else if (k == "--all") a.per_tensor_all = true;
     else if (k == "--fp64") a.fp64 = true;
+    else if (k == "--channels-last") a.channels_last = true;
     else { std::fprintf(stderr, "unknown option %s\n", k.c_str()); return 2; }
   }
   if (a.perturb > 0) a.n = 1;
@@ -208,6 +212,7 @@ int main(int argc, char** argv) {
   mo.num_classes = static_cast<int>(manifest.classes.size());
   mo.width = cfg.model.width;
   mo.dropout = cfg.model.dropout;
+  mo.channels_last = a.channels_last;
   fer::ResNet9 ref(mo);
   mo.sync_bn = a.n > 1;
   std::vector<fer::ResNet9> reps;
@@ -239,9 +244,9 @@ int main(int argc, char** argv) {
   global.start_epoch(0, 0);
   for (auto& l : local) l->start_epoch(0, 0);
   std::printf("split_drift: N=%d global batch %d, dropout %.2f, width %.3f, augment %d, lr %s, "
-              "perturb %.1e, %s, %lld steps per epoch\n",
+              "perturb %.1e, %s%s, %lld steps per epoch\n",
               a.n, a.batch, a.dropout, a.width, a.augment, a.const_lr ? "constant" : "one-cycle",
-              a.perturb, a.fp64 ? "float64" : "float32",
+              a.perturb, a.fp64 ? "float64" : "float32", a.channels_last ? ", NHWC" : "",
               static_cast<long long>(total_steps));
 
   for (int step = 0; step < a.steps; ++step) {

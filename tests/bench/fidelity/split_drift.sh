@@ -8,8 +8,10 @@
 #   N = 2, 3, 4 on the dithered set                     (no flat black background: no exact ties)
 #   N = 2 with a constant lr, and with dropout 0        (the schedule's and dropout's part)
 #   N = 2, 3, 4 in float64, 20 steps                     (the same steps with rounding at 1e-16)
+#   N = 2 and 3 with model.channels_last (NHWC), and NHWC perturbed without a split
+# and bn_layout (LibTorch's NHWC batch norm statistics against NCHW's and float64).
 # Usage: tests/bench/fidelity/split_drift.sh <build dir> [work dir]   (needs targets
-#        fashion_folder, split_drift and fer-pack; about 30 s on one core). VERBOSE=1 prints every
+#        fashion_folder, split_drift, bn_layout and fer-pack; about 30 s on one core). VERBOSE=1 prints every
 #        step's full report instead of the loss lines.
 set -euo pipefail
 build=${1:?usage: split_drift.sh <build dir> [work dir]}
@@ -31,3 +33,6 @@ for n in 2 3 4; do "$bin/split_drift" "$work/data_d2" --n "$n" | show; done
 "$bin/split_drift" "$work/data_d0" --n 2 --const-lr | show
 "$bin/split_drift" "$work/data_d0" --n 2 --dropout 0 | show
 for n in 2 3 4; do "$bin/split_drift" "$work/data_d0" --n "$n" --fp64 --steps 20 | show; done
+for n in 2 3; do "$bin/split_drift" "$work/data_d0" --n "$n" --channels-last | show; done
+"$bin/split_drift" "$work/data_d0" --perturb 1e-7 --channels-last | show
+"$bin/bn_layout"
