@@ -11,8 +11,8 @@
 #   N = 2 and 3 with model.channels_last (NHWC), and NHWC perturbed without a split
 # and bn_layout (LibTorch's NHWC batch norm statistics against NCHW's and float64).
 # Usage: tests/bench/fidelity/split_drift.sh <build dir> [work dir]   (needs targets
-#        fashion_folder, split_drift, bn_layout and fer-pack; about 30 s on one core). VERBOSE=1 prints every
-#        step's full report instead of the loss lines.
+#        fashion_folder, split_drift, bn_layout and fer-pack; about 30 s on one core).
+#        VERBOSE=1 prints every step's full report instead of the loss lines.
 set -euo pipefail
 build=${1:?usage: split_drift.sh <build dir> [work dir]}
 work=${2:-$(mktemp -d /tmp/fer-split-drift.XXXXXX)}
