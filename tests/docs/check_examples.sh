@@ -237,6 +237,8 @@ new_sandbox() {  # a fresh folder laid out like the repository root, in $sandbox
   ln -s "$src/configs" "$sandbox/configs"
   ln -s "$src/launch" "$sandbox/launch"
   ln -s "$bin" "$sandbox/build/bin"
+  # The multi-host examples' hostfile: this machine alone, through the same --hostfile path.
+  printf 'localhost slots=2\n' >"$sandbox/hosts.txt"
 }
 
 # materialize ROLE PATH: makes what an example reads at PATH (relative to the sandbox).

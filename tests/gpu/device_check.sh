@@ -25,9 +25,9 @@
 #              then the Cuda* suites of the other tests (the GPU batch path against the CPU's)
 #   e2e        the reference recipe (configs/fer2013_resnet9.yaml) with --device cuda: 2 epochs,
 #              then --resume auto for a third; the summary must say cuda and 3 epochs of steps
-#   sweep      fp32 x per-GPU batch 128 and 512, 200 steps each, SyncBN on (collectives forced at
-#              world 1): images/s (summary.json) and peak GPU memory (nvidia-smi); bf16 and
-#              channels_last columns are n/a until the trainer has them
+#   sweep      train.precision fp32/bf16 x model.channels_last off/on x per-GPU batch 128 and
+#              512, 200 steps each, SyncBN on (collectives forced at world 1), host_sync auto
+#              (log on CUDA): images/s (summary.json) and peak GPU memory (nvidia-smi)
 #   mpirun2    2+ GPUs: mpirun -np 2, one GPU per rank, NCCL, 100 steps of batch 128 per rank
 # --dry-run walks every phase that needs no GPU for real (bundle, configure, a build of the
 # targets the GPU phases run, datasets, the runtime line) and prints the exact command lines of the
@@ -329,14 +329,15 @@ ph_e2e() {
     { PHASE_NOTE="summary: steps $got (want $((3 * steps))), device $device_used (want $device)"; return 1; }
 }
 
-sweep_rows=()  # "batch images_per_s gpu_mib status"
+sweep_rows=()  # "precision channels_last batch images_per_s gpu_mib status"
 ph_sweep() {
-  local log=$1 batch
-  for batch in 128 512; do
-    local run=$out/runs/sweep-fp32-b$batch ips="n/a" mib="n/a" status=ok
+  local log=$1 batch precision layout
+  for precision in fp32 bf16; do for layout in false true; do for batch in 128 512; do
+    local name=$precision-cl$([[ $layout == true ]] && echo 1 || echo 0)-b$batch
+    local run=$out/runs/sweep-$name ips="n/a" mib="n/a" status=ok
     rm -rf "$run"
-    if (($(left) < 20)); then sweep_rows+=("$batch n/a n/a skipped(time)"); continue; fi
-    local mem_pid="" memlog=$out/logs/sweep-b$batch.mem
+    if (($(left) < 20)); then sweep_rows+=("$precision $layout $batch n/a n/a skipped(time)"); continue; fi
+    local mem_pid="" memlog=$out/logs/sweep-$name.mem
     if ((!dry_run)) && command -v nvidia-smi >/dev/null; then
       nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -i 0 -lms 250 >"$memlog" 2>/dev/null &
       mem_pid=$!
@@ -344,7 +345,8 @@ ph_sweep() {
     train_run "$log" "$run" --config "$root/configs/fer2013_resnet9.yaml" --data "$sweep_data" \
       --set train.batch_size=$batch --set train.max_steps=$sweep_steps --set train.epochs=1000 \
       --set train.eval_every=1000 --set checkpoint.every_epochs=1000 --set model.sync_bn=on \
-      --set dist.force_collectives=true || status=failed
+      --set dist.force_collectives=true --set train.precision=$precision \
+      --set model.channels_last=$layout || status=failed
     [[ -n "$mem_pid" ]] && { kill "$mem_pid" 2>/dev/null; wait "$mem_pid" 2>/dev/null || true; }
     if ((dry_run)); then
       [[ "$status" == ok ]] && status=dry-run
@@ -352,11 +354,11 @@ ph_sweep() {
       ips=$(summary_value "$run" train_images_per_s)
       ips=$(awk -v v="${ips:-0}" 'BEGIN { printf "%.1f", v }')
       mib=$(sort -n "$memlog" 2>/dev/null | tail -n1 || true)
-      figure "fp32_b${batch}_images_per_s" "$ips"
-      [[ -n "$mib" ]] && figure "fp32_b${batch}_gpu_mib" "$mib"
+      figure "${name}_images_per_s" "$ips"
+      [[ -n "$mib" ]] && figure "${name}_gpu_mib" "$mib"
     fi
-    sweep_rows+=("$batch ${ips:-n/a} ${mib:-n/a} $status")
-  done
+    sweep_rows+=("$precision $layout $batch ${ips:-n/a} ${mib:-n/a} $status")
+  done; done; done
   local r
   for r in "${sweep_rows[@]}"; do [[ "$r" == *failed ]] && return 1; done
   if ((dry_run)); then
@@ -436,9 +438,9 @@ done
   done
   printf '  ],\n  "sweep": [\n'
   for i in "${!sweep_rows[@]}"; do
-    read -r b ips mib st <<<"${sweep_rows[i]}"
-    printf '    {"precision": "fp32", "channels_last": false, "batch_per_gpu": %d, "steps": %d, "sync_bn": true, "images_per_s": %s, "gpu_memory_mib": %s, "status": %s}%s\n' \
-      "$b" "$sweep_steps" "$([[ $ips =~ ^[0-9.]+$ ]] && echo "$ips" || echo null)" \
+    read -r pr cl b ips mib st <<<"${sweep_rows[i]}"
+    printf '    {"precision": "%s", "channels_last": %s, "batch_per_gpu": %d, "steps": %d, "sync_bn": true, "images_per_s": %s, "gpu_memory_mib": %s, "status": %s}%s\n' \
+      "$pr" "$cl" "$b" "$sweep_steps" "$([[ $ips =~ ^[0-9.]+$ ]] && echo "$ips" || echo null)" \
       "$([[ $mib =~ ^[0-9.]+$ ]] && echo "$mib" || echo null)" "$(json_str "$st")" \
       "$( ((i + 1 < ${#sweep_rows[@]})) && echo ,)"
   done
@@ -455,11 +457,11 @@ done
   done
   echo
   echo "throughput, 1 $([[ $device == cuda ]] && echo GPU || echo 'CPU (a test of the script)'), $sweep_steps steps, SyncBN on (images/s; peak GPU MiB):"
-  printf '%-14s %-12s %-10s %-10s %-18s\n' "batch per GPU" "fp32 img/s" "fp32 MiB" "bf16 img/s" "channels_last img/s"
+  printf '%-10s %-14s %-14s %-12s %-10s\n' precision channels_last "batch per GPU" "img/s" "MiB"
   for r in "${sweep_rows[@]}"; do
-    read -r b ips mib st <<<"$r"
+    read -r pr cl b ips mib st <<<"$r"
     [[ "$st" == ok ]] || { ips=$st; mib=$st; }
-    printf '%-14s %-12s %-10s %-10s %-18s\n' "$b" "$ips" "$mib" n/a n/a
+    printf '%-10s %-14s %-14s %-12s %-10s\n' "$pr" "$cl" "$b" "$ips" "$mib"
   done
   ((${#sweep_rows[@]})) || echo "(not run)"
   ((${#skipped[@]} == 0)) || printf 'skipped: %s\n' "${skipped[@]}"
