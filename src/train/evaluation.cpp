@@ -90,7 +90,9 @@ EvalResult evaluate(ResNet9& model, EvalBatches& batches, int num_classes,
   result.tta = options.tta;
   torch::Tensor images, labels, loss_sum, pairs;  // sums on the device
   namespace F = torch::nn::functional;
+  const auto dtype = model->parameters().front().scalar_type();  // float64 for train.precision fp64
   while (batches.next(&images, &labels)) {
+    images = images.to(dtype);
     torch::Tensor scores, loss;
     if (options.tta == Tta::kNone) {  // exactly the training objective's cross-entropy
       scores = model->forward(images);

@@ -14,10 +14,25 @@ namespace fer {
 Precision parse_precision(const std::string& name) {
   if (name == "fp32") return Precision::kFp32;
   if (name == "bf16") return Precision::kBf16;
-  throw ConfigError("train.precision: '" + name + "' is not a precision", "use fp32 or bf16");
+  if (name == "fp64") return Precision::kFp64;
+  throw ConfigError("train.precision: '" + name + "' is not a precision",
+                    "use fp32, bf16 or fp64");
 }
 
-const char* to_string(Precision p) { return p == Precision::kBf16 ? "bf16" : "fp32"; }
+const char* to_string(Precision p) {
+  switch (p) {
+    case Precision::kBf16:
+      return "bf16";
+    case Precision::kFp64:
+      return "fp64";
+    default:
+      return "fp32";
+  }
+}
+
+torch::ScalarType weight_dtype(Precision precision) {
+  return precision == Precision::kFp64 ? torch::kFloat64 : torch::kFloat32;
+}
 
 bool cpuinfo_has_native_bf16(const std::string& cpuinfo) {
   std::istringstream lines(cpuinfo);
@@ -48,7 +63,7 @@ std::string read_cpuinfo() {
 }  // namespace
 
 void check_precision(Precision precision, const torch::Device& device) {
-  if (precision == Precision::kFp32) return;
+  if (precision != Precision::kBf16) return;
   if (device.is_cpu()) {
     FER_CHECK(cpuinfo_has_native_bf16(read_cpuinfo()), ConfigError,
               "train.precision=bf16: this CPU has no native bfloat16 instructions (no "
@@ -71,7 +86,7 @@ std::string apply_cuda_math_settings(bool cudnn_benchmark, bool tf32) {
 }
 
 AutocastScope::AutocastScope(Precision precision, const torch::Device& device) {
-  if (precision == Precision::kFp32) return;
+  if (precision != Precision::kBf16) return;
   active_ = true;
   cuda_ = device.is_cuda();
   if (cuda_) {

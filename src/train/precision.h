@@ -12,9 +12,9 @@
 
 namespace fer {
 
-enum class Precision { kFp32, kBf16 };
+enum class Precision { kFp32, kBf16, kFp64 };
 
-// "fp32" | "bf16"; ConfigError naming train.precision otherwise.
+// "fp32" | "bf16" | "fp64"; ConfigError naming train.precision otherwise.
 Precision parse_precision(const std::string& name);
 const char* to_string(Precision p);
 
@@ -31,7 +31,10 @@ void check_precision(Precision precision, const torch::Device& device);
 // (at::globalContext), effective on CUDA only. Returns a line for the log.
 std::string apply_cuda_math_settings(bool cudnn_benchmark, bool tf32);
 
-// Autocast of the code in its scope to `precision` on `device`'s type (nothing for fp32): the
+// The dtype of a model's weights: float64 for fp64, else float32 (bf16 autocasts fp32 weights).
+torch::ScalarType weight_dtype(Precision precision);
+
+// Autocast of the code in its scope to `precision` on `device`'s type (nothing for fp32/fp64): the
 // forward and the loss of a training step. Restores the previous state and drops autocast's
 // cast cache on exit.
 class AutocastScope {

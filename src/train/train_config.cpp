@@ -135,7 +135,8 @@ void TrainConfig::validate() const {
   require(train.max_steps >= 0, "train.max_steps", "must be >= 0 (0 = no limit)");
   require(train.accumulate_steps >= 1 && train.accumulate_steps <= 1024, "train.accumulate_steps",
           "must be 1..1024 (1 = no accumulation)");
-  require(one_of(train.precision, {"fp32", "bf16"}), "train.precision", "must be fp32 or bf16");
+  require(one_of(train.precision, {"fp32", "bf16", "fp64"}), "train.precision",
+          "must be fp32, bf16 or fp64");
   require(one_of(train.host_sync, {"auto", "step", "log"}), "train.host_sync",
           "must be auto, step or log");
   require(!(train.skip_nonfinite && train.host_sync == "log"), "train.skip_nonfinite",

@@ -86,9 +86,11 @@ struct TrainSection {
   // world_size * batch_size * accumulate_steps, and one rank with K reproduces K ranks (SyncBN
   // off: SyncBN normalizes each micro-batch over the ranks, not over the K micro-batches).
   int accumulate_steps = 1;
-  // fp32 | bf16: bf16 autocasts forward and loss (convolutions and matrix products in bfloat16);
-  // weights, gradients, their all-reduce and the optimizer stay fp32. On a CPU bf16 needs native
-  // bfloat16 instructions (avx512_bf16 / amx_bf16 on x86, bf16 on Arm): elsewhere a config error.
+  // fp32 | bf16 | fp64: bf16 autocasts forward and loss (convolutions and matrix products in
+  // bfloat16); weights, gradients, their all-reduce and the optimizer stay fp32. On a CPU bf16
+  // needs native bfloat16 instructions (avx512_bf16 / amx_bf16 on x86, bf16 on Arm): elsewhere a
+  // config error. fp64 runs everything in float64 (several times slower; checkpoints hold
+  // float64 weights): for equivalence tests, where float32's own rounding would decide.
   std::string precision = "fp32";
   bool cudnn_benchmark = true;  // CUDA: let cuDNN time its algorithms for each new input shape
   bool tf32 = false;  // CUDA (Ampere+): fp32 convolutions and matrix products in TF32 (~10 bits)

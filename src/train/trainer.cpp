@@ -166,6 +166,15 @@ Trainer::Trainer(const TrainConfig& config, const TrainRunOptions& options)
   model_options.channels_last = config_.model.channels_last;
   model_ = ResNet9(model_options);
   model_->to(device_);
+  if (weight_dtype(precision_) != torch::kFloat32) {
+    // Floating parameters and buffers only (Module::to(dtype) would also turn BatchNorm's int64
+    // num_batches_tracked into a float).
+    torch::NoGradGuard no_grad;
+    for (auto& p : model_->parameters()) p.set_data(p.to(weight_dtype(precision_)));
+    for (auto& b : model_->buffers()) {
+      if (b.is_floating_point()) b.set_data(b.to(weight_dtype(precision_)));
+    }
+  }
   if (sync_bn && data_.active()) {
     DataPlane* data = &data_;
     model_->set_allreduce([data](torch::Tensor& t) {
@@ -190,7 +199,7 @@ Trainer::Trainer(const TrainConfig& config, const TrainRunOptions& options)
   ce_options_.label_smoothing(config_.optim.label_smoothing);
   if (config_.optim.class_weights == "balanced") {
     const auto weights = balanced_class_weights(manifest_.split("train").class_counts);
-    class_weights_ = torch::tensor(weights, torch::kFloat32).to(device_);
+    class_weights_ = torch::tensor(weights, weight_dtype(precision_)).to(device_);
     ce_options_.reduction(torch::kNone);  // weighted per sample, then the plain mean
     spdlog::info("class weights (balanced): {}", fmt::join(weights, ", "));
   }
@@ -339,7 +348,7 @@ Trainer::MicroBatches Trainer::micro_batches(const torch::Tensor& images,
                                              const torch::Tensor& keep) const {
   const int k = config_.train.accumulate_steps;
   MicroBatches in;
-  in.x = images.chunk(k);
+  in.x = images.to(weight_dtype(precision_)).chunk(k);  // fp64: the batch in float64 too
   in.y = labels.chunk(k);
   in.keep = keep.defined() ? keep.chunk(k) : std::vector<torch::Tensor>(k);
   return in;
@@ -427,7 +436,7 @@ torch::Tensor Trainer::dropout_keep(std::uint64_t step, int batch_size) const {
   torch::Tensor keep = torch::empty({global, model_->feature_size()});
   keep.bernoulli_(1.0 - p, generator);
   return keep.narrow(0, static_cast<std::int64_t>(rank_) * batch_size, batch_size)
-      .to(device_, /*non_blocking=*/true);
+      .to(device_, weight_dtype(precision_), /*non_blocking=*/true);
 }
 
 void Trainer::skip_nonfinite_step(double loss) {

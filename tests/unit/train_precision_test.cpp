@@ -16,9 +16,12 @@
 namespace fer {
 namespace {
 
-TEST(Precision, ParsesTheTwoNamesAndRejectsOthersNamingTheKey) {
+TEST(Precision, ParsesItsThreeNamesAndRejectsOthersNamingTheKey) {
   EXPECT_EQ(parse_precision("fp32"), Precision::kFp32);
   EXPECT_EQ(parse_precision("bf16"), Precision::kBf16);
+  EXPECT_EQ(parse_precision("fp64"), Precision::kFp64);
+  EXPECT_EQ(weight_dtype(Precision::kFp64), torch::kFloat64);
+  EXPECT_EQ(weight_dtype(Precision::kBf16), torch::kFloat32);  // autocast keeps fp32 weights
   EXPECT_STREQ(to_string(Precision::kBf16), "bf16");
   try {
     parse_precision("fp16");
