@@ -8,7 +8,10 @@
 #                               has a /tmp of its own (DIR/tmp-NODE, as real nodes have local
 #                               disks: Slurm's PMIx puts same-named folders there) and an
 #                               /etc/hosts naming both nodes (bind mounts in a private mount
-#                               namespace).
+#                               namespace). DIR must not be under /tmp; paths under /tmp named
+#                               in FER_CLUSTER_SHARE (space-separated: the build and the sources
+#                               when a clone lives in /tmp) stay visible on both nodes (their
+#                               top folder under /tmp is bind-mounted back into the node's /tmp).
 #                               Writes DIR/hostfile (2 slots per node) and DIR/agent (Open MPI's
 #                               rsh agent: enters the node's namespaces instead of ssh).
 #   cluster.sh down DIR         kills every process in the nodes, removes the namespaces (and so
@@ -95,7 +98,7 @@ down() {
       kill_ns "$ns"
       ip netns del "$ns" 2>/dev/null || echo "cluster.sh: could not remove netns $ns" >&2
     fi
-    rm -rf "$dir/${kNodes[$i]}.pid" "$dir/tmp-${kNodes[$i]}"
+    rm -rf "$dir/${kNodes[$i]}.pid" "$dir/tmp-${kNodes[$i]}" "$dir/host-tmp-${kNodes[$i]}"
   done
 }
 
@@ -107,6 +110,15 @@ up() {
   esac
   mkdir -p "$dir"
   down "$dir"  # what a crashed run with this DIR left
+  # The top folders under /tmp of FER_CLUSTER_SHARE's paths: shown again in each node's /tmp.
+  local share="" p top
+  for p in ${FER_CLUSTER_SHARE:-}; do
+    p=$(readlink -f "$p")
+    case "$p/" in
+      /tmp/?*) top=/tmp/$(cut -d/ -f3 <<<"$p")
+               [[ " $share " == *" $top "* ]] || share="$share $top" ;;
+    esac
+  done
   prefix=$(ns_prefix "$dir")
   {
     echo "127.0.0.1 localhost"
@@ -128,11 +140,17 @@ up() {
     # machine's, receiving its later mounts) with the cluster's /etc/hosts. Its pid is the node.
     # (Not `ip netns exec`: it mounts a sysfs of its own over /sys, which hides the cgroup file
     # systems slurmd wants.)
+    # The machine's /tmp stays reachable at $6 (inside this namespace only) for the folders in
+    # $7 to be bind-mounted back over the node's own /tmp.
     nsenter --net="/run/netns/$ns" -- unshare --uts --mount --propagation slave -- sh -c '
-      hostname "$1" && mount --bind "$2" /etc/hosts && mount --bind "$5" /tmp &&
+      hostname "$1" && mount --bind "$2" /etc/hosts &&
+      { [ -z "$7" ] || { mkdir -p "$6" && mount --bind /tmp "$6"; }; } &&
+      mount --bind "$5" /tmp &&
+      for p in $7; do mkdir -p "$p" && mount --bind "$6${p#/tmp}" "$p" || exit 1; done &&
       echo $$ > "$3.tmp" && mv "$3.tmp" "$3" &&
       exec sleep "$4"' holder "${kNodes[$i]}" "$dir/hosts" "$dir/${kNodes[$i]}.pid" \
-      "$kHolderSeconds" "$dir/tmp-${kNodes[$i]}" </dev/null >/dev/null \
+      "$kHolderSeconds" "$dir/tmp-${kNodes[$i]}" "$dir/host-tmp-${kNodes[$i]}" "$share" \
+      </dev/null >/dev/null \
       2>"$dir/${kNodes[$i]}.holder.log" &
   done
   for i in 0 1; do

@@ -32,6 +32,8 @@ mkdir -p "$4"
 work="$(cd "$4" && pwd)/$test_case"
 readonly work
 readonly cluster_sh="$src/tests/cluster/cluster.sh"
+# A clone or build under /tmp: the nodes have /tmps of their own, so these must be shown again.
+export FER_CLUSTER_SHARE="$tools $src"
 readonly nodes="$work/cluster"
 comm_timeout_s=15  # dist.comm_timeout_s of the runs (node_death_idle: 120)
 
