@@ -16,7 +16,8 @@ trap 'rm -rf "$work"' EXIT
 
 "$build/bin/fer-synth" "$work/src" --per-class "$per_class" --layout split --seed 1 >/dev/null 2>&1
 images=$(find "$work/src" -name '*.png' | wc -l)
-cat $(find "$work/src" -name '*.png') > /dev/null  # warm the page cache for every contender
+# warm the page cache for every contender (xargs: 50,000 names exceed one command line)
+find "$work/src" -name '*.png' -print0 | xargs -0 cat > /dev/null
 
 # run NAME COMMAND...: prints "NAME seconds peak_rss_kib"
 run() {
