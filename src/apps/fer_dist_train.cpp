@@ -71,9 +71,23 @@ void write_report(const std::string& run_dir) {
 
 }  // namespace
 
-int main(int argc, char** argv) {
-  CLI::App app{"fer-dist-train: train ResNet9 on a fer-pack dataset: one process, or data "
-               "parallel under mpirun/srun (mpirun -np 8 fer-dist-train ...)"};
+// The command line (main's flags): what the user asked for.
+struct Flags {
+  std::string config_path, data_dir, run_dir, resume, device = "auto", eval_only;
+  std::string tta = "none";
+  std::string log_level = "info";
+  bool no_report = false;
+  bool validate_only = false;
+  std::string timeline;
+  CLI::Option* timeline_option = nullptr;  // given: write a timeline (PATH optional)
+  std::int64_t timeline_from = -1, timeline_steps = 100;
+  std::vector<std::string> overrides;
+  int threads = 0;
+};
+
+void define_flags(CLI::App& app, Flags& f) {
+  app.description("fer-dist-train: train ResNet9 on a fer-pack dataset: one process, or data "
+                  "parallel under mpirun/srun (mpirun -np 8 fer-dist-train ...)");
   app.footer(std::string("\nExamples:\n"
                          "  fer-dist-train --config configs/demo_cpu.yaml --data data/synth "
                          "--out runs/demo\n"
@@ -85,23 +99,14 @@ int main(int argc, char** argv) {
                          "  fer-dist-train --config configs/fer2013_resnet9.yaml --data "
                          "data/fer2013 --out runs/r9 --device cuda --validate-only\n\n") +
              kExitCodes);
-  std::string config_path, data_dir, run_dir, resume, device = "auto", eval_only;
-  std::string tta = "none";
-  std::string log_level = "info";
-  bool no_report = false;
-  bool validate_only = false;
-  std::string timeline;
-  std::int64_t timeline_from = -1, timeline_steps = 100;
-  std::vector<std::string> overrides;
-  int threads = 0;
-  app.add_option("--config", config_path, "YAML recipe (configs/*.yaml); defaults otherwise")
+  app.add_option("--config", f.config_path, "YAML recipe (configs/*.yaml); defaults otherwise")
       ->check(CLI::ExistingFile);
-  app.add_option("--data", data_dir, "packed dataset folder (fer-pack output)")->required();
-  app.add_option("--out", run_dir, "run folder for config, metrics, checkpoints");
-  app.add_option("--set", overrides, "override a config key, e.g. --set schedule.max_lr=0.005")
+  app.add_option("--data", f.data_dir, "packed dataset folder (fer-pack output)")->required();
+  app.add_option("--out", f.run_dir, "run folder for config, metrics, checkpoints");
+  app.add_option("--set", f.overrides, "override a config key, e.g. --set schedule.max_lr=0.005")
       ->allow_extra_args(false);
-  app.add_option("--resume", resume, "auto (newest valid checkpoint of --out) or a checkpoint");
-  app.add_option("--device", device, "auto | cpu | cuda | cuda:N")
+  app.add_option("--resume", f.resume, "auto (newest valid checkpoint of --out) or a checkpoint");
+  app.add_option("--device", f.device, "auto | cpu | cuda | cuda:N")
       ->capture_default_str()
       ->check(CLI::Validator(
           [](std::string& value) {  // the spelling only: which GPUs exist is known at start-up
@@ -111,38 +116,86 @@ int main(int argc, char** argv) {
             return ok ? std::string() : "must be auto, cpu, cuda or cuda:N, not '" + value + "'";
           },
           "", "device"));
-  app.add_option("--threads", threads, "intra-op threads (default: OMP_NUM_THREADS or all cores)");
-  auto* eval_option = app.add_option("--eval-only", eval_only,
+  app.add_option("--threads", f.threads, "intra-op f.threads (default: OMP_NUM_THREADS or all cores)");
+  auto* eval_option = app.add_option("--eval-only", f.eval_only,
                                      "evaluate this checkpoint on val and test, then exit");
-  app.add_option("--tta", tta,
+  app.add_option("--tta", f.tta,
                  "with --eval-only: test-time augmentation none | flip | ten_crop (training runs "
                  "use eval.tta)")
       ->check(CLI::IsMember({"none", "flip", "ten_crop"}))
       ->capture_default_str();
-  app.add_flag("--validate-only", validate_only,
+  app.add_flag("--validate-only", f.validate_only,
                "check everything a run checks before it starts and exit 0 without training, "
                "communicating or looking for GPUs: the flags, the config with every --set "
                "(unknown keys are errors), the dataset's manifest, the run folder; prints the "
                "resolved config")
       ->excludes(eval_option);
-  app.add_option("--log-level", log_level, "trace|debug|info|warn|error")->capture_default_str();
-  auto* timeline_option =
-      app.add_option("--timeline", timeline,
-                     "write a Chrome-trace timeline of every rank (Perfetto, chrome://tracing) "
-                     "to PATH (default RUN_DIR/timeline.json)")
+  app.add_option("--log-level", f.log_level, "trace|debug|info|warn|error")->capture_default_str();
+  f.timeline_option =
+      app.add_option("--timeline", f.timeline,
+                     "write a Chrome-trace f.timeline of every rank (Perfetto, chrome://tracing) "
+                     "to PATH (default RUN_DIR/f.timeline.json)")
           ->expected(0, 1)
           ->type_name("[PATH]");
-  app.add_option("--timeline-from", timeline_from,
-                 "first step of the timeline (default: the first step this run trains)");
-  app.add_option("--timeline-steps", timeline_steps,
-                 "steps in the timeline, with the evaluations and checkpoints between them")
+  app.add_option("--timeline-from", f.timeline_from,
+                 "first step of the f.timeline (default: the first step this run trains)");
+  app.add_option("--timeline-steps", f.timeline_steps,
+                 "steps in the f.timeline, with the evaluations and checkpoints between them")
       ->check(CLI::Range(std::int64_t{1}, std::int64_t{100000}))
       ->capture_default_str();
-  app.add_flag("--no-report", no_report,
+  app.add_flag("--no-report", f.no_report,
                "do not run fer-report (plots + report.md in RUN_DIR/report) at the end");
+}
+
+// --validate-only: what a run checks before it starts, without training or communicating.
+void check_without_running(const Flags& f, const TrainConfig& config, int rank, int world) {
+  const Manifest manifest = load_manifest(f.data_dir);
+  const std::filesystem::path run_path(f.run_dir);
+  if (f.resume.empty() && std::filesystem::exists(run_path / "config.yaml")) {
+    throw ConfigError("run folder " + f.run_dir + " already holds a run",
+                      "pass --resume auto to continue it, or choose another --out");
+  }
+  if (!f.resume.empty() && f.resume != "auto" && !std::filesystem::exists(f.resume)) {
+    throw CheckpointError("--resume " + f.resume + ": no such checkpoint");
+  }
+  if (rank != 0) return;
+  TrainConfig resolved = config;
+  std::printf(
+      "fer-dist-train: --validate-only: valid, nothing trained\n"
+      "  dataset  %s: %zu classes, %dx%dx%d\n  run      %s (%s)\n"
+      "  device   %s, %d rank(s)\nresolved config:\n%s",
+      f.data_dir.c_str(), manifest.classes.size(), manifest.height, manifest.width,
+      manifest.channels, f.run_dir.c_str(),
+      f.resume.empty() ? "new run" : ("--resume " + f.resume).c_str(), f.device.c_str(), world,
+      train_config_yaml(resolved).c_str());
+}
+
+// What run_training() needs of the flags, on this rank's device and process groups.
+TrainRunOptions run_options(const Flags& f, const torch::Device& device, ProcessGroups* groups) {
+  TrainRunOptions options;
+  options.data_dir = f.data_dir;
+  options.run_dir = f.run_dir;
+  options.resume = f.resume;
+  options.device = device.str();
+  options.threads = f.threads;
+  options.groups = groups;
+  if (*f.timeline_option) {
+    options.timeline.path = f.timeline.empty()
+                                ? std::filesystem::path(f.run_dir) / "timeline.json"
+                                : std::filesystem::path(f.timeline);
+    options.timeline.first_step = f.timeline_from;
+    options.timeline.steps = f.timeline_steps;
+  }
+  return options;
+}
+
+int main(int argc, char** argv) {
+  CLI::App app;
+  Flags f;
+  define_flags(app, f);
   try {
     app.parse(argc, argv);
-    if (eval_only.empty() && run_dir.empty()) {
+    if (f.eval_only.empty() && f.run_dir.empty()) {
       throw CLI::RequiredError("--out (or --eval-only CKPT)");
     }
   } catch (const CLI::ParseError& e) {
@@ -162,7 +215,7 @@ int main(int argc, char** argv) {
   const int rank = mpi->rank();
   try {
     LogOptions log_options;
-    log_options.level = log_level;
+    log_options.level = f.log_level;
     log_options.rank = rank;
     init_logging(log_options);
     const RuntimeReport runtime = runtime_report(loaded_libraries());  // two CUDAs: refuse
@@ -170,70 +223,40 @@ int main(int argc, char** argv) {
     if (!runtime.problem.empty()) throw ConfigError(runtime.problem, runtime.hint);
     spdlog::debug("{}", keep_freed_memory_for_reuse());
     install_preemption_handlers();
-    if (!eval_only.empty()) {
+    if (!f.eval_only.empty()) {
       if (rank == 0) {
-        std::printf("%s\n",
-                    evaluate_checkpoint(eval_only, data_dir, device, 256, threads, tta).c_str());
+        std::printf("%s\n", evaluate_checkpoint(f.eval_only, f.data_dir, f.device, 256, f.threads,
+                                                f.tta)
+                                .c_str());
       }
       return 0;
     }
-    const TrainConfig config = load_train_config(config_path, overrides);
-    if (validate_only) {
-      const Manifest manifest = load_manifest(data_dir);
-      const std::filesystem::path run_path(run_dir);
-      if (resume.empty() && std::filesystem::exists(run_path / "config.yaml")) {
-        throw ConfigError("run folder " + run_dir + " already holds a run",
-                          "pass --resume auto to continue it, or choose another --out");
-      }
-      if (!resume.empty() && resume != "auto" && !std::filesystem::exists(resume)) {
-        throw CheckpointError("--resume " + resume + ": no such checkpoint");
-      }
-      if (rank == 0) {
-        TrainConfig resolved = config;
-        std::printf(
-            "fer-dist-train: --validate-only: valid, nothing trained\n"
-            "  dataset  %s: %zu classes, %dx%dx%d\n  run      %s (%s)\n"
-            "  device   %s, %d rank(s)\nresolved config:\n%s",
-            data_dir.c_str(), manifest.classes.size(), manifest.height, manifest.width,
-            manifest.channels, run_dir.c_str(),
-            resume.empty() ? "new run" : ("--resume " + resume).c_str(), device.c_str(), world,
-            train_config_yaml(resolved).c_str());
-      }
+    const TrainConfig config = load_train_config(f.config_path, f.overrides);
+    if (f.validate_only) {
+      check_without_running(f, config, rank, world);
       return 0;
     }
     // Rank -> device (cuda: local rank % visible GPUs), then both communication planes on it.
     PlaneOptions planes;
-    planes.device = resolve_device(device, mpi->local_rank());
+    planes.device = resolve_device(f.device, mpi->local_rank());
     planes.backend = resolve_backend(config.dist.backend, planes.device);
     planes.timeout_s = config.dist.comm_timeout_s;
     planes.force_collectives = config.dist.force_collectives;
     auto groups = std::make_unique<ProcessGroups>(*mpi, planes);
-    spdlog::info("rank {} (local {}) on {}", rank, mpi->local_rank(), planes.device.str());
     if (rank == 0 && world > 1) spdlog::info("{}", groups->describe());
-    TrainRunOptions options;
-    options.data_dir = data_dir;
-    options.run_dir = run_dir;
-    options.resume = resume;
-    options.device = planes.device.str();
-    options.threads = threads;
-    options.groups = groups.get();
-    if (*timeline_option) {
-      options.timeline.path = timeline.empty() ? std::filesystem::path(run_dir) / "timeline.json"
-                                               : std::filesystem::path(timeline);
-      options.timeline.first_step = timeline_from;
-      options.timeline.steps = timeline_steps;
-    }
+    // (each rank logs its host, local rank and device to its own log: Trainer::setup)
+    const TrainRunOptions options = run_options(f, planes.device, groups.get());
     const TrainSummary summary = run_training(config, options);
     if (rank == 0) {
       std::printf("fer-dist-train: %lld steps on %d rank(s), best val accuracy %.4f",
                   static_cast<long long>(summary.steps), world, summary.best_val_accuracy);
       if (summary.test_accuracy >= 0) std::printf(", test accuracy %.4f", summary.test_accuracy);
-      std::printf(", %.0f images/s -> %s\n", summary.images_per_second, run_dir.c_str());
+      std::printf(", %.0f images/s -> %s\n", summary.images_per_second, f.run_dir.c_str());
     }
     groups.reset();
-    if (rank == 0 && !no_report) {
+    if (rank == 0 && !f.no_report) {
       mpi.reset();  // MPI finalized before the child process starts
-      write_report(run_dir);
+      write_report(f.run_dir);
     }
     return 0;
   } catch (const Preempted&) {

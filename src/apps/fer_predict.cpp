@@ -345,10 +345,10 @@ VideoRunOutcome run_videos(Predictor& predictor, const std::vector<VideoSource>&
 
 }  // namespace
 
-int main(int argc, char** argv) {
-  CLI::App app{
+void define_flags(CLI::App& app, CliOptions& cli) {
+  app.description(
       "fer-predict: the facial expression of every face in pictures, videos and camera "
-      "streams, with a fer-dist-train checkpoint"};
+      "streams, with a fer-dist-train checkpoint");
   app.footer(
       std::string("\nExamples:\n"
                   "  fer-predict --checkpoint runs/demo/checkpoints/best.pt photo.jpg\n"
@@ -366,7 +366,6 @@ int main(int argc, char** argv) {
                   "and reported on stderr\nwith exit code 3 (the annotated copy plays at a "
                   "constant rate); --accept-vfr makes that\na note and exit code 0.\n\n") +
       kExitCodes);
-  CliOptions cli;
   PredictOptions& options = cli.predict;
   VideoOptions& video = cli.video;
   app.add_option("--checkpoint", options.checkpoint, "fer-dist-train checkpoint (.pt)")->required();
@@ -427,6 +426,58 @@ int main(int argc, char** argv) {
                "videos: frames per second and the time per frame of each stage, on stderr");
   app.add_option("INPUT", cli.inputs,
                  "pictures, folders searched for pictures, video files (IMAGE_OR_DIR, VIDEO)");
+}
+
+// The command line's inputs sorted into pictures and video/camera sources, and where --annotate
+// writes. ConfigError/DataError for inputs that cannot make sense together.
+struct Inputs {
+  std::vector<fs::path> images;
+  std::vector<VideoSource> sources;
+  fs::path annotate_dir, annotate_file;
+};
+
+Inputs sort_inputs(const CliOptions& cli) {
+  Inputs in;
+  // Video files by extension; everything else is a picture or a folder of pictures (a bad or
+  // missing one is reported like any unreadable picture).
+  std::vector<std::string> picture_args;
+  for (const std::string& input : cli.inputs) {
+    std::error_code ec;
+    if (!fs::is_directory(input, ec) && has_video_extension(input)) {
+      in.sources.push_back({fs::path(input), -1});
+    } else {
+      picture_args.push_back(input);
+    }
+  }
+  for (const int camera : cli.cameras) in.sources.push_back({fs::path(), camera});
+  if (!picture_args.empty()) in.images = collect_images(picture_args);
+  if (!picture_args.empty() && in.images.empty() && in.sources.empty()) {
+    throw DataError("no pictures found in the given folders");
+  }
+  // --annotate: a video file name for exactly one video or camera, else a folder.
+  if (!cli.annotate.empty()) {
+    if (has_video_extension(cli.annotate)) {
+      annotated_video_fourcc(cli.annotate);  // a known container, else ConfigError
+      if (in.sources.size() != 1 || !in.images.empty()) {
+        throw ConfigError("--annotate " + cli.annotate + " names one video file, but there are " +
+                              std::to_string(in.sources.size()) + " video/camera input(s) and " +
+                              std::to_string(in.images.size()) + " picture(s)",
+                          "give a folder to --annotate for several inputs");
+      }
+      in.annotate_file = cli.annotate;
+    } else {
+      in.annotate_dir = cli.annotate;
+    }
+  }
+  return in;
+}
+
+int main(int argc, char** argv) {
+  CLI::App app;
+  CliOptions cli;
+  define_flags(app, cli);
+  PredictOptions& options = cli.predict;
+  VideoOptions& video = cli.video;
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -445,40 +496,9 @@ int main(int argc, char** argv) {
       throw ConfigError("nothing to do: give pictures, folders, videos or --camera N",
                         "fer-predict --help shows examples");
     }
-    // Video files by extension; everything else is a picture or a folder of pictures (a bad or
-    // missing one is reported like any unreadable picture).
-    std::vector<std::string> picture_args;
-    std::vector<VideoSource> sources;
-    for (const std::string& input : cli.inputs) {
-      std::error_code ec;
-      if (!fs::is_directory(input, ec) && has_video_extension(input)) {
-        sources.push_back({fs::path(input), -1});
-      } else {
-        picture_args.push_back(input);
-      }
-    }
-    for (const int camera : cli.cameras) sources.push_back({fs::path(), camera});
-    const std::vector<fs::path> images =
-        picture_args.empty() ? std::vector<fs::path>{} : collect_images(picture_args);
-    if (!picture_args.empty() && images.empty() && sources.empty()) {
-      throw DataError("no pictures found in the given folders");
-    }
-    // --annotate: a video file name for exactly one video or camera, else a folder.
-    fs::path annotate_dir, annotate_file;
-    if (!cli.annotate.empty()) {
-      if (has_video_extension(cli.annotate)) {
-        annotated_video_fourcc(cli.annotate);  // a known container, else ConfigError
-        if (sources.size() != 1 || !images.empty()) {
-          throw ConfigError("--annotate " + cli.annotate + " names one video file, but there are " +
-                                std::to_string(sources.size()) + " video/camera input(s) and " +
-                                std::to_string(images.size()) + " picture(s)",
-                            "give a folder to --annotate for several inputs");
-        }
-        annotate_file = cli.annotate;
-      } else {
-        annotate_dir = cli.annotate;
-      }
-    }
+    const Inputs in = sort_inputs(cli);
+    const std::vector<fs::path>& images = in.images;
+    const std::vector<VideoSource>& sources = in.sources;
     video.threads = options.threads;
     // Bad values are usage errors before the model loads (the pipeline checks them again).
     FaceTracker check_tracker(video.tracker);
@@ -490,13 +510,13 @@ int main(int argc, char** argv) {
 
     Predictor predictor(options);
     int failed_pictures = 0;
-    if (!images.empty()) failed_pictures = run_pictures(predictor, images, cli, annotate_dir);
+    if (!images.empty()) failed_pictures = run_pictures(predictor, images, cli, in.annotate_dir);
     VideoRunOutcome videos;
     if (!sources.empty()) {
       // Ctrl-C ends a video or camera stream cleanly: its annotated file is closed (playable)
       // and its summary printed. A second Ctrl-C kills at once.
       install_cancel_handlers();
-      videos = run_videos(predictor, sources, cli, annotate_dir, annotate_file);
+      videos = run_videos(predictor, sources, cli, in.annotate_dir, in.annotate_file);
     }
     if (failed_pictures > 0 || videos.failed > 0 || videos.variable_rate > 0) {
       return static_cast<int>(ExitCode::kData);
