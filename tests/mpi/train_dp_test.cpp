@@ -20,9 +20,11 @@ using json = nlohmann::json;
 namespace fer {
 namespace {
 
+using testing::epoch_records;
 using testing::mpiexec;
 using testing::quote;
 using testing::run_command;
+using testing::step_losses;
 using testing::TempFolder;
 using testing::tool;
 
@@ -53,17 +55,6 @@ class DataParallel : public ::testing::Test {
   static TempFolder* tmp_;
 };
 TempFolder* DataParallel::tmp_ = nullptr;
-
-std::vector<double> step_losses(const fs::path& run) {
-  std::vector<double> out;
-  std::ifstream in(run / "metrics.jsonl");
-  std::string line;
-  while (std::getline(in, line)) {
-    const json j = json::parse(line);
-    if (j["type"] == "step") out.push_back(j["loss"]);
-  }
-  return out;
-}
 
 // Parameters and buffers of a checkpoint, except the conv biases that feed a BatchNorm: BN
 // subtracts the batch mean, so their true gradient is exactly 0 and what backward produces is
@@ -229,14 +220,11 @@ TEST_F(DataParallel, HostSyncLogGivesTheSameBitsAndEpochRecords) {
   const auto a = weights(path("sync_step") / ckpt), b = weights(path("sync_log") / ckpt);
   ASSERT_EQ(a.size(), b.size());
   for (std::size_t i = 0; i < a.size(); ++i) EXPECT_TRUE(torch::equal(a[i], b[i])) << i;
-  const auto epoch = [](const fs::path& run) {
-    for (const auto& rec : fer::testing::numeric_metrics(run)) {
-      if (rec["type"] == "epoch") return rec;
-    }
-    return json();
-  };
-  const json x = epoch(path("sync_step")), y = epoch(path("sync_log"));
-  ASSERT_FALSE(x.is_null());
+  const auto xs = epoch_records(path("sync_step")), ys = epoch_records(path("sync_log"));
+  ASSERT_EQ(xs.size(), 1u);
+  ASSERT_EQ(ys.size(), 1u);
+  const json& x = xs[0];
+  const json& y = ys[0];
   EXPECT_NEAR(x["train_loss"].get<double>(), y["train_loss"].get<double>(), 1e-12);
   EXPECT_EQ(x["train_accuracy"], y["train_accuracy"]);
   EXPECT_EQ(x["val"], y["val"]);

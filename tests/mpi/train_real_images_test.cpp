@@ -13,6 +13,7 @@
 
 #include "common/fs_util.h"
 #include "real_images.h"
+#include "metrics_util.h"
 #include "test_util.h"
 
 namespace fs = std::filesystem;
@@ -24,6 +25,7 @@ namespace {
 using testing::mpiexec;
 using testing::quote;
 using testing::run_command;
+using testing::step_losses;
 using testing::TempFolder;
 using testing::tool;
 
@@ -94,15 +96,6 @@ class RealImages : public ::testing::Test {
                        " --data " + quote(*tmp_ / "data") + " --out " + quote(*tmp_ / out) +
                        " --no-report --set model.width=0.125 --set train.threads=1"
                        " --set train.log_every=1 --set data.workers=1 " + extra);
-  }
-  static std::vector<double> step_losses(const fs::path& run) {
-    std::vector<double> out;
-    std::ifstream in(run / "metrics.jsonl");
-    for (std::string line; std::getline(in, line);) {
-      const json j = json::parse(line);
-      if (j["type"] == "step") out.push_back(j["loss"]);
-    }
-    return out;
   }
   fs::path path(const std::string& name) const { return *tmp_ / name; }
   static TempFolder* tmp_;

@@ -25,4 +25,22 @@ inline std::vector<nlohmann::json> numeric_metrics(const std::filesystem::path& 
   return out;
 }
 
+// The "loss" of every step record of RUN/metrics.jsonl, in order.
+inline std::vector<double> step_losses(const std::filesystem::path& run) {
+  std::vector<double> out;
+  for (const auto& r : numeric_metrics(run)) {
+    if (r["type"] == "step") out.push_back(r["loss"].get<double>());
+  }
+  return out;
+}
+
+// The epoch records of RUN/metrics.jsonl without their wall-clock fields, in order.
+inline std::vector<nlohmann::json> epoch_records(const std::filesystem::path& run) {
+  std::vector<nlohmann::json> out;
+  for (auto& r : numeric_metrics(run)) {
+    if (r["type"] == "epoch") out.push_back(std::move(r));
+  }
+  return out;
+}
+
 }  // namespace fer::testing

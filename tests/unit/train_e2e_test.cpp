@@ -27,7 +27,9 @@ using json = nlohmann::json;
 namespace fer {
 namespace {
 
+using testing::epoch_records;
 using testing::numeric_metrics;
+using testing::step_losses;
 using testing::quote;
 using testing::run_command;
 using testing::TempFolder;
@@ -224,15 +226,6 @@ TEST_F(TrainerE2E, FusedAdamTrainsBitIdenticallyToLibTorchsAndResumesAcrossThem)
   EXPECT_EQ(numeric_metrics(path("fused")), numeric_metrics(path("plain")));
 }
 
-// The step losses of a run (metrics.jsonl step records; tiny.yaml logs every 2 steps).
-std::vector<double> logged_losses(const fs::path& run) {
-  std::vector<double> out;
-  for (const auto& r : numeric_metrics(run)) {
-    if (r["type"] == "step") out.push_back(r["loss"].get<double>());
-  }
-  return out;
-}
-
 // model.channels_last (NHWC weights and activations; SyncBN forced on, so its all-reduce path
 // sees NHWC too) trains the default layout's recipe: only the convolutions' summation order
 // differs, so the logged losses agree to 1e-3 relative over 2 epochs. A channels_last run stopped
@@ -247,7 +240,7 @@ TEST_F(TrainerE2E, ChannelsLastTrainsLikeTheDefaultLayoutAndResumesExactly) {
   auto full = run_command(train(path("tiny.yaml"), path("data"), path("nhwc"), nhwc));
   ASSERT_EQ(full.exit_code, 0) << full.output;
   EXPECT_NE(full.output.find("channels_last"), std::string::npos) << full.output;
-  const auto a = logged_losses(path("nchw")), b = logged_losses(path("nhwc"));
+  const auto a = step_losses(path("nchw")), b = step_losses(path("nhwc"));
   ASSERT_EQ(a.size(), 7u);
   ASSERT_EQ(b.size(), a.size());
   for (std::size_t i = 0; i < a.size(); ++i) {
@@ -263,14 +256,7 @@ TEST_F(TrainerE2E, ChannelsLastTrainsLikeTheDefaultLayoutAndResumesExactly) {
   const fs::path last = fs::path("checkpoints") / checkpoint_file_name(14);
   expect_same_weights(path("nhwc") / last, path("resumed") / last);
   // The epoch records (the stopped run also logged its last step, 7).
-  const auto epochs = [](const fs::path& run) {
-    std::vector<json> out;
-    for (const auto& r : numeric_metrics(run)) {
-      if (r["type"] == "epoch") out.push_back(r);
-    }
-    return out;
-  };
-  EXPECT_EQ(epochs(path("nhwc")), epochs(path("resumed")));
+  EXPECT_EQ(epoch_records(path("nhwc")), epoch_records(path("resumed")));
 }
 
 // train.precision=bf16 (autocast of forward and loss): on a CPU with native bfloat16 it trains
@@ -290,7 +276,7 @@ TEST_F(TrainerE2E, Bf16TrainsNearTheFp32LossesOrIsRefusedWithoutNativeSupport) {
   ASSERT_EQ(bf16.exit_code, 0) << bf16.output;
   auto fp32 = run_command(train(path("tiny.yaml"), path("data"), path("fp32"), two));
   ASSERT_EQ(fp32.exit_code, 0) << fp32.output;
-  const auto a = logged_losses(path("fp32")), b = logged_losses(path("bf16"));
+  const auto a = step_losses(path("fp32")), b = step_losses(path("bf16"));
   ASSERT_EQ(b.size(), a.size());
   bool any_different = false;
   for (std::size_t i = 0; i < a.size(); ++i) {
