@@ -152,8 +152,9 @@ struct Args {
 
 }  // namespace
 
-int main(int argc, char** argv) {
-  Args a;
+// The command line into `a`; 0, or 2 after a usage message.
+int parse_args(int argc, char** argv, Args* out) {
+  Args& a = *out;
   if (argc < 2) {
     std::fprintf(stderr, "usage: split_drift <packed data> [--n N] [--steps S] ...\n");
     return 2;
@@ -177,16 +178,22 @@ int main(int argc, char** argv) {
     else { std::fprintf(stderr, "unknown option %s\n", k.c_str()); return 2; }
   }
   if (a.perturb > 0) a.n = 1;
-  at::set_num_threads(1);
+  return 0;
+}
 
+// The recipe (configs/fer2013_resnet9.yaml) with the tool's width, dropout, batch, augmentation.
+fer::TrainConfig recipe_config(const Args& a) {
   const std::string recipe = std::string(FER_SOURCE_DIR) + "/configs/fer2013_resnet9.yaml";
-  fer::TrainConfig cfg = fer::load_train_config(
+  return fer::load_train_config(
       recipe, {"model.width=" + std::to_string(a.width), "model.dropout=" + std::to_string(a.dropout),
                "train.batch_size=" + std::to_string(a.batch), "train.epochs=1",
                std::string("data.augment=") + (a.augment ? "true" : "false"),
                // LibTorch's Adam for float64 (FusedAdam's flat buffers are float32)
                std::string("optim.fused=") + (a.fp64 ? "false" : "true")});
-  const fer::Manifest manifest = fer::load_manifest(a.data);
+}
+
+// The trainer's memory loader with the recipe's augmentation (batch size set by the caller).
+fer::LoaderOptions loader_options(const fer::TrainConfig& cfg) {
   fer::LoaderOptions lo;
   lo.mode = "memory";
   lo.workers = 1;
@@ -195,6 +202,182 @@ int main(int argc, char** argv) {
   lo.augment_options.crop = cfg.data.pad > 0;
   lo.augment_options.flip = cfg.data.flip;
   lo.seed = static_cast<std::uint64_t>(cfg.train.seed);
+  return lo;
+}
+
+// The next global batch and the N ranks' parts of it (copies; float64 with --fp64). False at the
+// end of the epoch. *same: the ranks' parts concatenated are the global batch.
+bool next_batches(fer::TrainBatches& global,
+                  std::vector<std::unique_ptr<fer::TrainBatches>>& local, const Args& a,
+                  Tensor* gx, Tensor* gy, std::vector<Tensor>* lx, std::vector<Tensor>* ly,
+                  bool* same) {
+  if (!global.next(gx, gy)) return false;
+  *gx = gx->clone();
+  *gy = gy->clone();
+  lx->assign(a.n, Tensor());
+  ly->assign(a.n, Tensor());
+  for (int r = 0; r < a.n; ++r) {
+    Tensor x, y;
+    local[r]->next(&x, &y);
+    (*lx)[r] = x.clone();
+    (*ly)[r] = y.clone();
+  }
+  *same = torch::equal(torch::cat(*lx), *gx) && torch::equal(torch::cat(*ly), *gy);
+  if (a.fp64) {
+    *gx = gx->to(torch::kDouble);
+    for (auto& x : *lx) x = x.to(torch::kDouble);
+  }
+  return true;
+}
+
+// No split at all: every weight of `model` times (1 + size * u), u uniform in [-1, 1) (seeded).
+void perturb(fer::ResNet9& model, double size) {
+  torch::NoGradGuard g;
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(12345);
+  for (auto& p : model->parameters()) p.mul_(1 + size * (torch::rand(p.sizes(), gen) * 2 - 1));
+}
+
+// The trainer's per-global-sample dropout mask of `step` (undefined without dropout).
+Tensor dropout_keep(const fer::TrainConfig& cfg, const Args& a, int step, int features) {
+  if (!(a.dropout > 0)) return {};
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(fer::derive_seed(
+      {static_cast<std::uint64_t>(cfg.train.seed), 0xd50a, static_cast<std::uint64_t>(step)}));
+  Tensor keep = torch::empty({a.batch, features});
+  keep.bernoulli_(1.0 - a.dropout, gen);
+  return a.fp64 ? keep.to(torch::kDouble) : keep;
+}
+
+// The N ranks' forward and backward (one thread each, SyncBN joined in-process), then
+// GradSync's average (pre-scaled by 1/N, summed in rank order) as rank 0's gradients. Returns the
+// ranks' mean loss; their traces in *tr.
+double distributed_step(std::vector<fer::ResNet9>& reps, const std::vector<Tensor>& lx,
+                        const std::vector<Tensor>& ly, const Tensor& keep, const Args& a,
+                        std::vector<Trace>* tr) {
+  tr->assign(a.n, Trace());
+  std::vector<double> lossr(a.n);
+  for (auto& m : reps)
+    for (auto& p : m->parameters()) p.mutable_grad().reset();
+  auto run_rank = [&](int r) {
+    at::set_num_threads(1);
+    const auto k = keep.defined() ? keep.narrow(0, r * (a.batch / a.n), a.batch / a.n) : Tensor();
+    auto l = torch::nn::functional::cross_entropy(
+        traced_forward(reps[r], lx[r], k, a.dropout, &(*tr)[r]), ly[r]);
+    lossr[r] = l.item<double>();
+    l.backward();
+  };
+  {
+    std::vector<std::thread> th;
+    for (int r = 1; r < a.n; ++r) th.emplace_back(run_rank, r);
+    run_rank(0);
+    for (auto& t : th) t.join();
+  }
+  double ldist = 0;
+  for (double v : lossr) ldist += v;
+  auto p0 = reps[0]->parameters();
+  torch::NoGradGuard g;
+  for (size_t i = 0; i < p0.size(); ++i) {
+    Tensor s = reps[0]->parameters()[i].grad() * (1.0 / a.n);
+    for (int r = 1; r < a.n; ++r) s = s + reps[r]->parameters()[i].grad() * (1.0 / a.n);
+    p0[i].mutable_grad() = s;
+  }
+  return ldist / a.n;
+}
+
+// The step's discrete choices (ReLU signs, max-pool winners) and BatchNorm outputs of the N
+// ranks against the reference: the ranks' traces concatenated along the batch.
+void report_kinks(const Trace& tref, const std::vector<Trace>& tr) {
+  // discrete choices: concatenate the ranks' traces along the batch
+  std::string flips = "  relu flips:";
+  for (size_t b = 0; b < tref.positive.size(); ++b) {
+    std::vector<Tensor> parts;
+    for (auto& t : tr) parts.push_back(t.positive[b]);
+    const auto d = torch::cat(parts).ne(tref.positive[b]).sum().item<long>();
+    flips += " " + tref.names[b] + "=" + std::to_string(d);
+  }
+  std::printf("%s\n", flips.c_str());
+  flips = "  2x2 max-pool argmax flips:";
+  for (size_t b = 0; b < tref.pool_idx.size(); ++b) {
+    std::vector<Tensor> parts;
+    for (auto& t : tr) parts.push_back(t.pool_idx[b]);
+    const auto dist_idx = torch::cat(parts);
+    const auto flipped = dist_idx.ne(tref.pool_idx[b]);
+    const auto d = flipped.sum().item<long>();
+    flips += " " + std::to_string(d) + "/" + std::to_string(tref.pool_idx[b].numel());
+    if (d > 0 && d <= 20) {
+      // in the ref's own values: the gap between its winner and the dist run's winner
+      const auto v = tref.pool_in[b].flatten(2);
+      const auto win = v.gather(2, tref.pool_idx[b].flatten(2));
+      const auto other = v.gather(2, dist_idx.flatten(2));
+      const auto gap = ((win - other).abs() / win.abs()).masked_select(flipped.flatten(2));
+      char buf[96];
+      std::snprintf(buf, sizeof buf, " (ref gap rel max %.1e, ref value %.2e)",
+                    gap.max().item<double>(), win.masked_select(flipped.flatten(2)).abs().max().item<double>());
+      flips += buf;
+    }
+  }
+  {
+    std::vector<Tensor> parts;
+    for (auto& t : tr) parts.push_back(t.gmax_idx);
+    const auto d = torch::cat(parts).ne(tref.gmax_idx).sum().item<long>();
+    flips += "  global max-pool argmax flips: " + std::to_string(d) + "/" +
+             std::to_string(tref.gmax_idx.numel()) +
+             " (ties in ref: " + std::to_string(tref.gmax_ties.gt(1).sum().item<long>()) + ")";
+  }
+  std::printf("%s\n", flips.c_str());
+  // BN output difference per block
+  std::string bnd = "  BN output rel diff:";
+  for (size_t b = 0; b < tref.pre_relu.size(); ++b) {
+    std::vector<Tensor> parts;
+    for (auto& t : tr) parts.push_back(t.pre_relu[b]);
+    char buf[64];
+    std::snprintf(buf, sizeof buf, " %.1e", rel(torch::cat(parts), tref.pre_relu[b]));
+    bnd += buf;
+  }
+  std::printf("%s\n", bnd.c_str());
+}
+
+// Per parameter tensor: the gradient, update and weight gaps between the two runs after the step.
+void report_tensors(const std::vector<std::string>& names, const std::vector<Tensor>& pr,
+                    const std::vector<Tensor>& p0, const std::vector<Tensor>& before_ref,
+                    const std::vector<Tensor>& before_dist, const std::vector<Tensor>& gref,
+                    const std::vector<Tensor>& gdist, const Args& a) {
+  // per tensor
+  struct Row {
+    std::string name;
+    double g, u, w;
+    long sign_flips, n, tiny;
+  };
+  std::vector<Row> rows;
+  for (size_t i = 0; i < pr.size(); ++i) {
+    const auto ur = pr[i].detach() - before_ref[i];
+    const auto ud = p0[i].detach() - before_dist[i];
+    Row row{names[i], rel(gdist[i], gref[i]), rel(ud, ur), rel(p0[i].detach(), pr[i].detach()),
+            gdist[i].sign().ne(gref[i].sign()).sum().item<long>(), gref[i].numel(),
+            gref[i].abs().lt(1e-8).sum().item<long>()};
+    rows.push_back(row);
+  }
+  std::vector<Row> sorted = rows;
+  std::sort(sorted.begin(), sorted.end(), [](const Row& x, const Row& y) { return x.u > y.u; });
+  const size_t show = a.per_tensor_all ? sorted.size() : std::min<size_t>(a.top, sorted.size());
+  double wmax = 0;
+  for (auto& r : rows) wmax = std::max(wmax, r.w);
+  std::printf("  max weight rel diff %.2e; tensors by update rel diff:\n", wmax);
+  for (size_t i = 0; i < show; ++i) {
+    const Row& r = sorted[i];
+    std::printf("    %-22s grad %.1e  update %.1e  weight %.1e  grad sign flips %ld/%ld "
+                "(|g|<1e-8: %ld)\n",
+                r.name.c_str(), r.g, r.u, r.w, r.sign_flips, r.n, r.tiny);
+  }
+}
+
+int main(int argc, char** argv) {
+  Args a;
+  if (const int rc = parse_args(argc, argv, &a); rc != 0) return rc;
+  at::set_num_threads(1);
+
+  const fer::TrainConfig cfg = recipe_config(a);
+  const fer::Manifest manifest = fer::load_manifest(a.data);
+  fer::LoaderOptions lo = loader_options(cfg);
   const torch::Device cpu(torch::kCPU);
   lo.batch_per_rank = a.batch;
   fer::TrainBatches global(a.data, manifest, 1, 0, lo, cpu);
@@ -226,19 +409,11 @@ int main(int argc, char** argv) {
     ref->to(torch::kDouble);
     for (auto& m : reps) m->to(torch::kDouble);
   }
-  if (a.perturb > 0) {
-    torch::NoGradGuard g;
-    auto gen = at::make_generator<at::CPUGeneratorImpl>(12345);
-    for (auto& p : reps[0]->parameters())
-      p.mul_(1 + a.perturb * (torch::rand(p.sizes(), gen) * 2 - 1));
-  }
+  if (a.perturb > 0) perturb(reps[0], a.perturb);
   fer::TrainOptimizer opt_ref(cfg.optim, cfg.schedule.max_lr, ref);
   fer::TrainOptimizer opt_dist(cfg.optim, cfg.schedule.max_lr, reps[0]);
-  const auto names = [&] {
-    std::vector<std::string> n;
-    for (const auto& kv : ref->named_parameters()) n.push_back(kv.key());
-    return n;
-  }();
+  std::vector<std::string> names;
+  for (const auto& kv : ref->named_parameters()) names.push_back(kv.key());
   ref->train();
   for (auto& m : reps) m->train();
   global.start_epoch(0, 0);
@@ -251,30 +426,10 @@ int main(int argc, char** argv) {
 
   for (int step = 0; step < a.steps; ++step) {
     Tensor gx, gy;
-    if (!global.next(&gx, &gy)) break;
-    gx = gx.clone();
-    gy = gy.clone();
-    std::vector<Tensor> lx(a.n), ly(a.n);
-    for (int r = 0; r < a.n; ++r) {
-      Tensor x, y;
-      local[r]->next(&x, &y);
-      lx[r] = x.clone();
-      ly[r] = y.clone();
-    }
-    const bool same_batch = torch::equal(torch::cat(lx), gx) && torch::equal(torch::cat(ly), gy);
-    if (a.fp64) {
-      gx = gx.to(torch::kDouble);
-      for (auto& x : lx) x = x.to(torch::kDouble);
-    }
-    // the trainer's per-global-sample dropout mask
-    Tensor keep;
-    if (a.dropout > 0) {
-      auto gen = at::make_generator<at::CPUGeneratorImpl>(fer::derive_seed(
-          {static_cast<std::uint64_t>(cfg.train.seed), 0xd50a, static_cast<std::uint64_t>(step)}));
-      keep = torch::empty({a.batch, ref->feature_size()});
-      keep.bernoulli_(1.0 - a.dropout, gen);
-      if (a.fp64) keep = keep.to(torch::kDouble);
-    }
+    std::vector<Tensor> lx, ly;
+    bool same_batch = false;
+    if (!next_batches(global, local, a, &gx, &gy, &lx, &ly, &same_batch)) break;
+    const Tensor keep = dropout_keep(cfg, a, step, ref->feature_size());
     const double lr = a.const_lr ? schedule.lr(0) : schedule.lr(step);
     const double beta1 = schedule.momentum(step);
     opt_ref.set_lr_and_beta1(lr, beta1);
@@ -287,37 +442,9 @@ int main(int argc, char** argv) {
         traced_forward(ref, gx, keep, a.dropout, &tref), gy);
     lref.backward();
     // dist
-    std::vector<Trace> tr(a.n);
-    std::vector<double> lossr(a.n);
-    for (auto& m : reps)
-      for (auto& p : m->parameters()) p.mutable_grad().reset();
-    auto run_rank = [&](int r) {
-      at::set_num_threads(1);
-      const auto k = keep.defined() ? keep.narrow(0, r * (a.batch / a.n), a.batch / a.n) : Tensor();
-      auto l = torch::nn::functional::cross_entropy(
-          traced_forward(reps[r], lx[r], k, a.dropout, &tr[r]), ly[r]);
-      lossr[r] = l.item<double>();
-      l.backward();
-    };
-    {
-      std::vector<std::thread> th;
-      for (int r = 1; r < a.n; ++r) th.emplace_back(run_rank, r);
-      run_rank(0);
-      for (auto& t : th) t.join();
-    }
-    double ldist = 0;
-    for (double v : lossr) ldist += v;
-    ldist /= a.n;
-    // GradSync: pre-scaled by 1/N, summed in rank order
+    std::vector<Trace> tr;
+    const double ldist = distributed_step(reps, lx, ly, keep, a, &tr);
     auto p0 = reps[0]->parameters();
-    {
-      torch::NoGradGuard g;
-      for (size_t i = 0; i < p0.size(); ++i) {
-        Tensor s = reps[0]->parameters()[i].grad() * (1.0 / a.n);
-        for (int r = 1; r < a.n; ++r) s = s + reps[r]->parameters()[i].grad() * (1.0 / a.n);
-        p0[i].mutable_grad() = s;
-      }
-    }
     opt_ref.clip(cfg.optim.grad_clip_value, cfg.optim.grad_clip_norm);
     opt_dist.clip(cfg.optim.grad_clip_value, cfg.optim.grad_clip_norm);
     auto pr = ref->parameters();
@@ -337,81 +464,8 @@ int main(int argc, char** argv) {
     std::printf("\nstep %d  lr %.3e beta1 %.4f  loss ref %.9f dist %.9f  rel %.2e  %s\n", step + 1,
                 lr, beta1, lref.item<double>(), ldist, lr_rel,
                 same_batch ? "" : "(BATCHES DIFFER)");
-    // discrete choices: concatenate the ranks' traces along the batch
-    std::string flips = "  relu flips:";
-    for (size_t b = 0; b < tref.positive.size(); ++b) {
-      std::vector<Tensor> parts;
-      for (auto& t : tr) parts.push_back(t.positive[b]);
-      const auto d = torch::cat(parts).ne(tref.positive[b]).sum().item<long>();
-      flips += " " + tref.names[b] + "=" + std::to_string(d);
-    }
-    std::printf("%s\n", flips.c_str());
-    flips = "  2x2 max-pool argmax flips:";
-    for (size_t b = 0; b < tref.pool_idx.size(); ++b) {
-      std::vector<Tensor> parts;
-      for (auto& t : tr) parts.push_back(t.pool_idx[b]);
-      const auto dist_idx = torch::cat(parts);
-      const auto flipped = dist_idx.ne(tref.pool_idx[b]);
-      const auto d = flipped.sum().item<long>();
-      flips += " " + std::to_string(d) + "/" + std::to_string(tref.pool_idx[b].numel());
-      if (d > 0 && d <= 20) {
-        // in the ref's own values: the gap between its winner and the dist run's winner
-        const auto v = tref.pool_in[b].flatten(2);
-        const auto win = v.gather(2, tref.pool_idx[b].flatten(2));
-        const auto other = v.gather(2, dist_idx.flatten(2));
-        const auto gap = ((win - other).abs() / win.abs()).masked_select(flipped.flatten(2));
-        char buf[96];
-        std::snprintf(buf, sizeof buf, " (ref gap rel max %.1e, ref value %.2e)",
-                      gap.max().item<double>(), win.masked_select(flipped.flatten(2)).abs().max().item<double>());
-        flips += buf;
-      }
-    }
-    {
-      std::vector<Tensor> parts;
-      for (auto& t : tr) parts.push_back(t.gmax_idx);
-      const auto d = torch::cat(parts).ne(tref.gmax_idx).sum().item<long>();
-      flips += "  global max-pool argmax flips: " + std::to_string(d) + "/" +
-               std::to_string(tref.gmax_idx.numel()) +
-               " (ties in ref: " + std::to_string(tref.gmax_ties.gt(1).sum().item<long>()) + ")";
-    }
-    std::printf("%s\n", flips.c_str());
-    // BN output difference per block
-    std::string bnd = "  BN output rel diff:";
-    for (size_t b = 0; b < tref.pre_relu.size(); ++b) {
-      std::vector<Tensor> parts;
-      for (auto& t : tr) parts.push_back(t.pre_relu[b]);
-      char buf[64];
-      std::snprintf(buf, sizeof buf, " %.1e", rel(torch::cat(parts), tref.pre_relu[b]));
-      bnd += buf;
-    }
-    std::printf("%s\n", bnd.c_str());
-    // per tensor
-    struct Row {
-      std::string name;
-      double g, u, w;
-      long sign_flips, n, tiny;
-    };
-    std::vector<Row> rows;
-    for (size_t i = 0; i < pr.size(); ++i) {
-      const auto ur = pr[i].detach() - before_ref[i];
-      const auto ud = p0[i].detach() - before_dist[i];
-      Row row{names[i], rel(gdist[i], gref[i]), rel(ud, ur), rel(p0[i].detach(), pr[i].detach()),
-              gdist[i].sign().ne(gref[i].sign()).sum().item<long>(), gref[i].numel(),
-              gref[i].abs().lt(1e-8).sum().item<long>()};
-      rows.push_back(row);
-    }
-    std::vector<Row> sorted = rows;
-    std::sort(sorted.begin(), sorted.end(), [](const Row& x, const Row& y) { return x.u > y.u; });
-    const size_t show = a.per_tensor_all ? sorted.size() : std::min<size_t>(a.top, sorted.size());
-    double wmax = 0;
-    for (auto& r : rows) wmax = std::max(wmax, r.w);
-    std::printf("  max weight rel diff %.2e; tensors by update rel diff:\n", wmax);
-    for (size_t i = 0; i < show; ++i) {
-      const Row& r = sorted[i];
-      std::printf("    %-22s grad %.1e  update %.1e  weight %.1e  grad sign flips %ld/%ld "
-                  "(|g|<1e-8: %ld)\n",
-                  r.name.c_str(), r.g, r.u, r.w, r.sign_flips, r.n, r.tiny);
-    }
+    report_kinks(tref, tr);
+    report_tensors(names, pr, p0, before_ref, before_dist, gref, gdist, a);
   }
   return 0;
 }
