@@ -16,7 +16,6 @@
 namespace fer {
 
 class ControlPlane;
-class EvalLoader;
 struct Batch;
 struct Manifest;
 
