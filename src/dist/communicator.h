@@ -36,6 +36,13 @@ class Work {
   // Waits at most `seconds`; true when the collective has finished (successfully or not: wait()
   // then says which), false on timeout. For a watchdog that logs describe() and calls abort_job.
   virtual bool wait_for(double seconds) = 0;
+  // Orders the caller's next device work after the collective without blocking the host, where
+  // the backend can, and returns true: NCCL makes torch's current CUDA stream wait for the
+  // collective's completion event (c10d's Work::wait on CUDA), its communicator's watchdog
+  // bounding the collective by the communicator's timeout. Returns false where it cannot (MPI: CPU
+  // tensors, no streams), and then the caller waits on the host (wait_or_abort). Throws CommError
+  // when the collective is already known to have failed.
+  virtual bool wait_on_device() { return false; }
   // What this is, for logs and timeouts: "allreduce(avg) float32[6572679] #17 on mpi rank 1/4".
   virtual std::string describe() const = 0;
 };

@@ -1,13 +1,17 @@
 #include "dist/nccl_communicator.h"
 
 #include <ATen/ATen.h>
+#include <c10/core/Stream.h>
+#include <c10/core/impl/DeviceGuardImplInterface.h>
 #include <cuda_runtime_api.h>
 #include <mpi.h>
 #include <nccl.h>
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstdint>
 #include <deque>
 #include <future>
@@ -239,6 +243,53 @@ ncclRedOp_t nccl_op(ReduceOp op) {
 
 enum class Poll { kDone, kPending, kFailed };
 
+// One collective issued: its completion event (recorded on the communicator's stream after it),
+// what it is, when it was issued, and whether a stream waits for it instead of the host
+// (Work::wait_on_device: then the watchdog bounds it).
+struct Collective {
+  CudaEvent done;
+  std::string what;
+  std::chrono::steady_clock::time_point issued = std::chrono::steady_clock::now();
+  std::atomic<bool> device_waits{false};
+};
+
+// ---- torch's current stream, through c10's device-generic interface ----------------------------
+// LibTorch's CUDA library registers its stream and event implementation with c10 when it loads.
+// Through it this file reaches torch's *current* CUDA stream (the trainer's, or whatever stream a
+// caller made current with a c10::StreamGuard) without LibTorch's CUDA headers, so it still compiles
+// next to Debian's CPU-only LibTorch. Without a CUDA LibTorch no CUDA tensor exists either; the
+// legacy default stream stands in.
+
+const c10::impl::DeviceGuardImplInterface* torch_cuda() {
+  return c10::impl::hasDeviceGuardImpl(c10::DeviceType::CUDA)
+             ? c10::impl::getDeviceGuardImpl(c10::DeviceType::CUDA)
+             : nullptr;
+}
+
+c10::Device cuda_device(int device) {
+  return c10::Device(c10::DeviceType::CUDA, static_cast<c10::DeviceIndex>(device));
+}
+
+// Records `event` on torch's current stream of `device`: what is queued there now precedes it.
+void record_on_current_stream(cudaEvent_t event, int device) {
+  if (const auto* impl = torch_cuda()) {
+    void* handle = event;  // record() takes an existing event and re-records it
+    impl->record(&handle, impl->getStream(cuda_device(device)),
+                 static_cast<c10::DeviceIndex>(device), c10::EventFlag::PYTORCH_DEFAULT);
+  } else {
+    FER_CUDA_CHECK(cudaEventRecord(event, nullptr));
+  }
+}
+
+// Makes torch's current stream of `device` wait for `event`; the host does not wait.
+void current_stream_waits_for(cudaEvent_t event, int device) {
+  if (const auto* impl = torch_cuda()) {
+    impl->block(event, impl->getStream(cuda_device(device)));
+  } else {
+    FER_CUDA_CHECK(cudaStreamWaitEvent(nullptr, event, 0));
+  }
+}
+
 // ncclCommInitRank blocks until every rank has joined: forever when one never does (a dead rank,
 // a misconfigured network). It runs on a thread of its own so that the caller's wait is bounded
 // by wait_or_abort like any collective's.
@@ -278,11 +329,10 @@ class NcclInitWork final : public Work {
 // ---- shared state ------------------------------------------------------------------------------
 
 struct NcclCommunicator::State {
-  State(int device, int rank, int size, cudaStream_t compute, double timeout, std::string owner)
+  State(int device, int rank, int size, double timeout, std::string owner)
       : device(device),
         rank(rank),
         size(size),
-        compute_stream(compute),
         timeout_s(timeout),
         owner(std::move(owner)),
         scratch(sizeof(int64_t) * 4 * static_cast<size_t>(size), /*pinned=*/false),
@@ -291,19 +341,18 @@ struct NcclCommunicator::State {
   const int device;
   const int rank;
   const int size;
-  const cudaStream_t compute_stream;  // not owned
   const double timeout_s;
   const std::string owner;  // describe() of the communicator
 
   CudaStream stream;        // where the collectives run
-  CudaEvent ready;          // recorded on compute_stream, waited for by `stream`
+  CudaEvent ready;          // recorded on torch's current stream, waited for by `stream`
   CudaBuffer scratch;       // device int64[4 * size]: allgather layouts, barrier
   CudaBuffer host_scratch;  // pinned int64[4 * size]: allgather layouts
   std::unique_ptr<NcclComm> comm;
 
   struct InFlight {
-    std::shared_ptr<CudaEvent> done;
-    std::vector<at::Tensor> tensors;  // kept alive until `done` fired
+    std::shared_ptr<Collective> collective;
+    std::vector<at::Tensor> tensors;  // kept alive until its `done` fired
   };
 
   // Guards comm, failure, closed, in_flight and next_sequence. Held while issuing, so issue order
@@ -314,6 +363,11 @@ struct NcclCommunicator::State {
   bool closed = false;  // destroyed normally
   std::deque<InFlight> in_flight;
   uint64_t next_sequence = 0;
+
+  // The watchdog's (NcclCommunicator::watch) sleep, and its stop.
+  std::mutex watch_mutex;
+  std::condition_variable watch_cv;
+  bool stop_watch = false;
 
   // Records the first failure and aborts the NCCL communicator. Caller holds `mutex`.
   void fail_locked(const std::string& why) {
@@ -372,7 +426,8 @@ struct NcclCommunicator::State {
   // Drops the collectives at the front that have finished (one stream: they finish in order).
   // Caller holds `mutex`.
   void prune_locked() {
-    while (!in_flight.empty() && cudaEventQuery(in_flight.front().done->get()) == cudaSuccess) {
+    while (!in_flight.empty() &&
+           cudaEventQuery(in_flight.front().collective->done.get()) == cudaSuccess) {
       in_flight.pop_front();
     }
   }
@@ -382,24 +437,31 @@ namespace {
 
 class NcclWork final : public Work {
  public:
-  NcclWork(std::shared_ptr<NcclCommunicator::State> state, std::shared_ptr<CudaEvent> done,
-           std::string what)
-      : state_(std::move(state)), done_(std::move(done)), what_(std::move(what)) {}
+  NcclWork(std::shared_ptr<NcclCommunicator::State> state, std::shared_ptr<Collective> collective)
+      : state_(std::move(state)), collective_(std::move(collective)) {}
 
-  void wait() override { state_->wait(done_->get(), what_); }
+  void wait() override { state_->wait(collective_->done.get(), collective_->what); }
   bool wait_for(double seconds) override {
-    return state_->poll_for(done_->get(), std::max(seconds, 0.0)) != Poll::kPending;
+    return state_->poll_for(collective_->done.get(), std::max(seconds, 0.0)) != Poll::kPending;
   }
-  std::string describe() const override { return what_; }
+  bool wait_on_device() override {
+    {
+      std::lock_guard<std::mutex> lock(state_->mutex);
+      FER_CHECK(state_->failure.empty(), CommError, collective_->what, ": ", state_->failure);
+    }
+    collective_->device_waits = true;  // from now on the watchdog bounds it
+    current_stream_waits_for(collective_->done.get(), state_->device);
+    return true;
+  }
+  std::string describe() const override { return collective_->what; }
 
  private:
   std::shared_ptr<NcclCommunicator::State> state_;
-  std::shared_ptr<CudaEvent> done_;
-  std::string what_;
+  std::shared_ptr<Collective> collective_;
 };
 
-// Issues `enqueue(comm, stream)` on the communication stream after the compute stream's queued
-// work, and returns its handle. A failure while issuing aborts the communicator.
+// Issues `enqueue(comm, stream)` on the communication stream after the work queued on torch's
+// current stream, and returns its handle. A failure while issuing aborts the communicator.
 template <typename Enqueue>
 std::unique_ptr<Work> launch(const std::shared_ptr<NcclCommunicator::State>& state,
                              const std::string& name, std::vector<at::Tensor> tensors,
@@ -412,14 +474,15 @@ std::unique_ptr<Work> launch(const std::shared_ptr<NcclCommunicator::State>& sta
   try {
     DeviceGuard guard(state->device);
     state->prune_locked();
-    auto done = std::make_shared<CudaEvent>();
+    auto collective = std::make_shared<Collective>();
+    collective->what = what;
     cudaStream_t stream = state->stream.get();
-    FER_CUDA_CHECK(cudaEventRecord(state->ready.get(), state->compute_stream));
+    record_on_current_stream(state->ready.get(), state->device);
     FER_CUDA_CHECK(cudaStreamWaitEvent(stream, state->ready.get(), 0));
     enqueue(state->comm->get(), stream);
-    FER_CUDA_CHECK(cudaEventRecord(done->get(), stream));
-    state->in_flight.push_back({done, std::move(tensors)});
-    return std::make_unique<NcclWork>(state, std::move(done), what);
+    FER_CUDA_CHECK(cudaEventRecord(collective->done.get(), stream));
+    state->in_flight.push_back({collective, std::move(tensors)});
+    return std::make_unique<NcclWork>(state, std::move(collective));
   } catch (const std::exception& e) {
     state->fail_locked(detail::concat(what, ": ", e.what()));
     throw CommError(detail::concat(what, ": ", e.what()));
@@ -430,8 +493,7 @@ std::unique_ptr<Work> launch(const std::shared_ptr<NcclCommunicator::State>& sta
 
 // ---- NcclCommunicator --------------------------------------------------------------------------
 
-NcclCommunicator::NcclCommunicator(MpiContext& mpi, int device, void* compute_stream,
-                                   NcclCommunicatorOptions options)
+NcclCommunicator::NcclCommunicator(MpiContext& mpi, int device, NcclCommunicatorOptions options)
     : rank_(mpi.rank()), size_(mpi.size()), local_rank_(mpi.local_rank()), device_(device) {
   // 1. Every rank takes its GPU, then all agree: a rank failing alone would leave the others
   //    waiting in ncclCommInitRank forever.
@@ -483,31 +545,79 @@ NcclCommunicator::NcclCommunicator(MpiContext& mpi, int device, void* compute_st
 
   // 3. Stream, events, buffers, and the NCCL communicator itself.
   DeviceGuard guard(device_);
-  state_ = std::make_shared<State>(device_, rank_, size_, static_cast<cudaStream_t>(compute_stream),
-                                   options.timeout_s, describe());
+  state_ = std::make_shared<State>(device_, rank_, size_, options.timeout_s, describe());
   NcclInitWork init(device_, size_, start.id, rank_,
                     detail::concat("ncclCommInitRank on ", describe()));
   wait_or_abort(init, options.timeout_s, "NCCL initialisation");
   state_->comm = std::make_unique<NcclComm>(init.comm());
+  watchdog_ = std::thread([this] { watch(); });
   spdlog::debug("{} ready (NCCL {})", describe(), NCCL_VERSION_CODE);
+}
+
+// The bound on the collectives the host does not wait for (Work::wait_on_device): a few times a
+// second (at most every timeout_s / 10) the oldest of them still running is looked at; one running
+// for longer than timeout_s, or an asynchronous NCCL error, stops the job naming it (abort_job,
+// exit code 5): a stream waiting for it would otherwise hang the rank at its next host read.
+void NcclCommunicator::watch() {
+  const auto period = std::chrono::duration<double>(std::clamp(state_->timeout_s / 10, 0.05, 0.5));
+  std::unique_lock<std::mutex> sleep(state_->watch_mutex);
+  while (!state_->watch_cv.wait_for(sleep, period, [this] { return state_->stop_watch; })) {
+    std::shared_ptr<Collective> oldest;
+    {
+      std::unique_lock<std::mutex> lock(state_->mutex, std::try_to_lock);
+      if (!lock.owns_lock()) continue;  // someone is issuing; look again next time
+      state_->prune_locked();
+      for (const auto& f : state_->in_flight) {
+        if (f.collective->device_waits) {
+          oldest = f.collective;
+          break;
+        }
+      }
+    }
+    if (!oldest) continue;
+    const Poll state = state_->poll(oldest->done.get());
+    const double age =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - oldest->issued).count();
+    if (state == Poll::kDone || (state == Poll::kPending && age < state_->timeout_s)) continue;
+    std::string why;
+    {
+      std::lock_guard<std::mutex> lock(state_->mutex);
+      if (state == Poll::kPending) {
+        state_->fail_locked(detail::concat("did not finish within ", state_->timeout_s, " s"));
+      }
+      why = state_->failure;
+    }
+    abort_job(static_cast<int>(ExitCode::kComm),
+              detail::concat(oldest->what, ", waited for by the device: ", why,
+                             " (dist.comm_timeout_s; another rank died, hangs, or issued a "
+                             "different collective)"));
+  }
 }
 
 NcclCommunicator::~NcclCommunicator() {
   if (!state_) return;
+  if (watchdog_.joinable()) {
+    {
+      std::lock_guard<std::mutex> lock(state_->watch_mutex);
+      state_->stop_watch = true;
+    }
+    state_->watch_cv.notify_all();
+    watchdog_.join();
+  }
   try {
     // Give what is in flight up to timeout_s to finish; anything else means a peer is gone.
-    std::vector<std::shared_ptr<CudaEvent>> pending;
+    std::vector<std::shared_ptr<Collective>> pending;
     {
       std::lock_guard<std::mutex> lock(state_->mutex);
-      for (const auto& f : state_->in_flight) pending.push_back(f.done);
+      for (const auto& f : state_->in_flight) pending.push_back(f.collective);
     }
     const auto deadline =
         std::chrono::steady_clock::now() + std::chrono::duration<double>(state_->timeout_s);
     bool finished = true;
-    for (const auto& done : pending) {
+    for (const auto& collective : pending) {
       const double left =
           std::chrono::duration<double>(deadline - std::chrono::steady_clock::now()).count();
-      if (state_->poll_for(done->get(), std::max(left, 0.0)) != Poll::kDone) {
+      if (state_->poll_for(collective->done.get(), std::max(left, 0.0)) != Poll::kDone) {
         finished = false;
         break;
       }

@@ -100,17 +100,18 @@ std::unique_ptr<Work> DataPlane::allreduce_async(at::Tensor& t, ReduceOp op, con
 
 void DataPlane::allreduce(at::Tensor& t, ReduceOp op, const char* what) {
   auto work = allreduce_async(t, op, what);
-  if (work) wait_or_abort(*work, timeout_s_, what);
+  if (work) wait(*work, [what] { return std::string(what); });
 }
 
 void DataPlane::broadcast(at::Tensor& t, int root, const char* what) {
   check_device(t, what);
   if (!comm_) return;
   auto work = comm_->broadcast_async(t, root);
-  wait_or_abort(*work, timeout_s_, what);
+  wait(*work, [what] { return std::string(what); });
 }
 
 void DataPlane::wait(Work& work, const std::function<std::string()>& what) const {
+  if (work.wait_on_device()) return;  // a GPU: the current stream waits, the host goes on
   wait_or_abort(work, timeout_s_, what);
 }
 
@@ -135,7 +136,7 @@ ProcessGroups::ProcessGroups(MpiContext& mpi, const PlaneOptions& options)
     // communicator's thread exists (enough under MPI_THREAD_SERIALIZED).
     NcclCommunicatorOptions nccl_options;
     nccl_options.timeout_s = options.timeout_s;
-    nccl_ = std::make_unique<NcclCommunicator>(mpi, options.device.index(), nullptr, nccl_options);
+    nccl_ = std::make_unique<NcclCommunicator>(mpi, options.device.index(), nccl_options);
     data = nccl_.get();
 #else
     throw ConfigError("communication backend 'nccl' is not in this build",

@@ -9,6 +9,11 @@
 // ProcessGroups builds both from the MPI context and dist.* (backend, device, timeout given once).
 // Every blocking call here is bounded by that timeout through wait_or_abort (dist/wait.h): on
 // expiry the job aborts naming what it waited for. Callers never handle timeouts.
+// "Blocking" on the data plane means: the result is there for the caller's next work on the
+// device. On the CPU (MPI) the host waits. On a GPU (NCCL) the host does not: the collective runs
+// after the work queued on torch's current CUDA stream, that stream waits for it (an event), and
+// the NCCL communicator's watchdog aborts the job, naming the collective, when one does not
+// finish within the timeout. Reading a result on the host (.item(), .to(kCPU)) waits for it there.
 //
 // Order: each plane's collectives must be issued in the same order on every rank (the
 // Communicator contract). On the CPU both planes share one MPI communicator (one queue: the
@@ -88,13 +93,14 @@ class DataPlane {
   // True when collectives go through a communicator (world > 1, or forced at world 1).
   bool active() const { return comm_ != nullptr; }
 
-  // In place over all ranks, blocking and bounded. `t` must live on device().
+  // In place over all ranks, blocking (in the sense above) and bounded. `t` must live on device().
   void allreduce(at::Tensor& t, ReduceOp op, const char* what);
   void broadcast(at::Tensor& t, int root, const char* what);
   // Asynchronous all-reduce for overlap (GradSync); wait with wait() below. Null at world 1
   // (nothing to do: the tensor already holds the result).
   std::unique_ptr<Work> allreduce_async(at::Tensor& t, ReduceOp op, const char* what);
-  // The bounded wait for a handle from allreduce_async; `what` is built only on expiry.
+  // The bounded wait for a handle from allreduce_async (on a GPU a stream wait, see above); `what`
+  // is built only on expiry of a host wait.
   void wait(Work& work, const std::function<std::string()>& what) const;
 
  private:

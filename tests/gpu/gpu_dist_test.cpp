@@ -51,11 +51,7 @@
 #include "dist/planes.h"
 #include "model/resnet9.h"
 #include "model/sync_batchnorm.h"
-#if defined(FER_HAVE_NCCL) && defined(FER_TORCH_CUDA)
-// Only with a CUDA-enabled LibTorch (tests/gpu/CMakeLists.txt defines FER_TORCH_CUDA when Torch's
-// CMake config has c10_cuda): Debian's CPU-only LibTorch ships these headers incomplete.
-#include <c10/cuda/CUDAStream.h>
-
+#ifdef FER_HAVE_NCCL
 #include "dist/nccl_communicator.h"
 #endif
 
@@ -416,12 +412,18 @@ int64_t agreed_chain_length(const torch::Device& device) {
   return length;
 }
 
+// How the all-reduce under test is waited for: by the host (Communicator::allreduce), or by torch's
+// current stream only (the data plane on a GPU: Work::wait_on_device).
+enum class Waiter { kHost, kStream };
+
 // Runs the chain on torch's current stream of `device`, all-reduces (sum) its output with
-// `allreduce`, and checks that the chain was still running when the all-reduce was issued, that it
-// had finished when the all-reduce returned, and that the result is the sum of every rank's
-// finished product (read on a stream of its own, which waits for nothing).
+// `allreduce`, and checks that the chain was still running when the all-reduce was issued and that
+// the result is the sum of every rank's finished product. With Waiter::kHost the chain must have
+// finished when the all-reduce returned, and the result is read on a stream of its own (which
+// waits for nothing); with Waiter::kStream the all-reduce must have returned while the chain was
+// still running (no host wait), and the result is read on the current stream, which waited.
 void expect_all_reduce_after_the_chain(const torch::Device& device, int rank, int world,
-                                       int64_t length,
+                                       int64_t length, Waiter waiter,
                                        const std::function<void(torch::Tensor&)>& allreduce) {
   const c10::impl::VirtualGuardImpl cuda(c10::DeviceType::CUDA);
   const c10::Stream producer = cuda.getStream(device);
@@ -434,11 +436,13 @@ void expect_all_reduce_after_the_chain(const torch::Device& device, int rank, in
   allreduce(y);
   const bool done_at_return = chain_done.query();
   torch::Tensor got;
-  {
+  if (waiter == Waiter::kHost) {
     c10::Stream reader = cuda.getStreamFromGlobalPool(device);
     if (reader == producer) reader = cuda.getStreamFromGlobalPool(device);
     const c10::StreamGuard on_reader(reader);
     got = y.to(torch::kCPU);
+  } else {
+    got = y.to(torch::kCPU);  // on the producer, the current stream
   }
   torch::cuda::synchronize(device.index());  // nothing of this test outlives it
 
@@ -447,60 +451,77 @@ void expect_all_reduce_after_the_chain(const torch::Device& device, int rank, in
   EXPECT_TRUE(running_at_issue) << "the chain of " << length
                                 << " products had finished before the all-reduce was issued: "
                                 << "the test proves nothing (lengthen the chain)";
-  EXPECT_TRUE(done_at_return) << "the all-reduce returned while the kernels producing its input "
-                                 "were still running";
+  if (waiter == Waiter::kHost) {
+    EXPECT_TRUE(done_at_return) << "the all-reduce returned while the kernels producing its input "
+                                   "were still running";
+  } else {
+    EXPECT_FALSE(done_at_return) << "the host waited for the chain: the data plane's all-reduce "
+                                    "should only make the current stream wait";
+  }
   EXPECT_TRUE(torch::equal(got, want))
       << "the all-reduce did not see the finished values: " << (got != want).sum().item<int64_t>()
       << " of " << want.numel() << " elements differ";
 }
 
 // The contract fer-dist-train relies on: the data plane's NCCL collectives are ordered after the
-// work queued on torch's default stream (ProcessGroups gives NcclCommunicator no compute stream:
-// the legacy default stream, which is torch's default stream).
-TEST_F(GpuDistTest, DataPlaneAllReduceWaitsForKernelsStillRunningOnTheDefaultStream) {
+// work queued on torch's current stream (here the default one), and the current stream, not the
+// host, waits for them.
+TEST_F(GpuDistTest, DataPlaneAllReduceRunsAfterTheCurrentStreamAndOnlyThatStreamWaits) {
   const int64_t length = agreed_chain_length(gpu());
   ProcessGroups cuda(*g_mpi, forced(gpu()));
   DataPlane& data = cuda.data();
-  expect_all_reduce_after_the_chain(gpu(), rank(), world(), length, [&data](torch::Tensor& t) {
-    data.allreduce(t, ReduceOp::kSum, "stream-order all-reduce");
-  });
+  expect_all_reduce_after_the_chain(gpu(), rank(), world(), length, Waiter::kStream,
+                                    [&data](torch::Tensor& t) {
+                                      data.allreduce(t, ReduceOp::kSum, "stream-order all-reduce");
+                                    });
 }
 
-// NcclCommunicator given a compute stream (its constructor's `compute_stream`) orders its
-// collectives after that stream: here a non-default pool stream, torch's current stream while the
-// chain is queued and the all-reduce issued.
-TEST_F(GpuDistTest, NcclCommunicatorWaitsForKernelsStillRunningOnTheComputeStreamItWasGiven) {
-#if !defined(FER_HAVE_NCCL) || !defined(FER_TORCH_CUDA)
-  GTEST_SKIP() << "needs a CUDA-enabled LibTorch's c10/cuda (FER_TORCH_CUDA) for the stream handle";
-#else
-  const int64_t length = agreed_chain_length(gpu());
-  const c10::impl::VirtualGuardImpl cuda(c10::DeviceType::CUDA);
-  const c10::Stream side = cuda.getStreamFromGlobalPool(gpu());
-  const c10::StreamGuard on_side(side);
-  NcclCommunicatorOptions options;
-  options.timeout_s = 120.0;
-  NcclCommunicator comm(*g_mpi, gpu().index(), c10::cuda::CUDAStream(side).stream(), options);
-  expect_all_reduce_after_the_chain(gpu(), rank(), world(), length, [&comm](torch::Tensor& t) {
-    comm.allreduce(t, ReduceOp::kSum);
-  });
-#endif
-}
-
-// Disabled: fails by design today. The data plane orders NCCL after the legacy default stream
-// only (ProcessGroups passes NcclCommunicator no compute stream), and torch's pool streams are
-// non-blocking, so work queued on a non-default current stream is not waited for. fer-dist-train
-// queues everything on the default stream (forward, backward, GradSync's hooks, SyncBN), so it is
-// not affected. Enable this when the data plane orders after torch's current stream (run it with
-// --gtest_also_run_disabled_tests).
-TEST_F(GpuDistTest, DISABLED_DataPlaneAllReduceWaitsForKernelsOnANonDefaultCurrentStream) {
+// The same on a non-default current stream (a pool stream, non-blocking: nothing orders it
+// against the default stream but the communicator's events).
+TEST_F(GpuDistTest, DataPlaneAllReduceWaitsForKernelsOnANonDefaultCurrentStream) {
   const int64_t length = agreed_chain_length(gpu());
   ProcessGroups cuda(*g_mpi, forced(gpu()));
   DataPlane& data = cuda.data();
   const c10::impl::VirtualGuardImpl impl(c10::DeviceType::CUDA);
   const c10::StreamGuard on_side(impl.getStreamFromGlobalPool(gpu()));
-  expect_all_reduce_after_the_chain(gpu(), rank(), world(), length, [&data](torch::Tensor& t) {
-    data.allreduce(t, ReduceOp::kSum, "stream-order all-reduce (pool stream)");
-  });
+  expect_all_reduce_after_the_chain(
+      gpu(), rank(), world(), length, Waiter::kStream, [&data](torch::Tensor& t) {
+        data.allreduce(t, ReduceOp::kSum, "stream-order all-reduce (pool stream)");
+      });
+}
+
+// NcclCommunicator's blocking allreduce (Work::wait: the host waits) on a pool stream made
+// current: ordered after that stream's kernels, finished on return.
+TEST_F(GpuDistTest, NcclCommunicatorHostWaitFollowsTheCurrentStream) {
+#ifndef FER_HAVE_NCCL
+  GTEST_SKIP() << "built without NCCL";
+#else
+  const int64_t length = agreed_chain_length(gpu());
+  const c10::impl::VirtualGuardImpl cuda(c10::DeviceType::CUDA);
+  const c10::StreamGuard on_side(cuda.getStreamFromGlobalPool(gpu()));
+  NcclCommunicatorOptions options;
+  options.timeout_s = 120.0;
+  NcclCommunicator comm(*g_mpi, gpu().index(), options);
+  expect_all_reduce_after_the_chain(gpu(), rank(), world(), length, Waiter::kHost,
+                                    [&comm](torch::Tensor& t) { comm.allreduce(t, ReduceOp::kSum); });
+#endif
+}
+
+// The watchdog: a data-plane all-reduce waited for by the stream only, still unfinished
+// dist.comm_timeout_s after issue, stops the job (exit code 5) naming it, instead of hanging the
+// rank at its next host read. Here the all-reduce is queued behind ~3 s of kernels with a 1 s
+// timeout, so it works with one GPU (a world of one, collectives forced on). Disabled: it ends the
+// job; ctest runs it on its own (gpu_dist_watchdog_abort_singleton).
+TEST_F(GpuDistTest, DISABLED_AStreamWaitedCollectivePastTheTimeoutAbortsTheJob) {
+  const int64_t length = 10 * agreed_chain_length(gpu());
+  PlaneOptions options = forced(gpu());
+  options.timeout_s = 1.0;
+  ProcessGroups cuda(*g_mpi, options);
+  const torch::Tensor shift = shift_matrix(kSide, gpu());
+  torch::Tensor y = shift_chain(integer_matrix(kSide, rank()).to(gpu()), shift, length);
+  cuda.data().allreduce(y, ReduceOp::kSum, "the all-reduce behind 3 s of kernels");
+  const double total = y.sum().item<double>();  // the watchdog ends the job before this returns
+  ADD_FAILURE() << "the host read returned " << total << " after the timeout";
 }
 
 // ---- the harness itself, on the CPU
