@@ -13,9 +13,23 @@
 // With overlap off every bucket is filled and issued after backward, from the same buffers in the
 // same order: the results are bit-identical.
 //
-// Contract per step: optimizer.zero_grad(set_to_none) -> forward -> backward -> finish(step).
-// (set_to_none matters: after finish() the gradients alias the buckets, which the next backward
-// overwrites.)
+// External gradient storage (FlatGradients, e.g. FusedAdam's flat gradient buffers): the buckets
+// are then not buffers of their own but slices of those buffers, so the optimizer finds the
+// averaged gradients where it reads them and copies nothing (one full gradient copy per step less).
+// Buckets are formed as above but never cross a buffer; a bucket's tensor spans its parameters'
+// consecutive slots including the gaps between them (all-reduced with them: they must be zero on
+// every rank, and stay zero). Hooks write gradient * (1/world) into the parameter's view (the same
+// arithmetic per element as into an own bucket: the results are bit-identical), and finish()
+// points param.grad() at that view itself (same data and strides, e.g. channels_last).
+//
+// Contract per step: param.grad() set to none (zero_grad(set_to_none)) -> forward -> backward ->
+// finish(step). set_to_none matters: after finish() the gradients alias the buckets, which the
+// next backward overwrites; and a .grad() that is still defined at backward would have autograd's
+// AccumulateGrad (which runs after the hook) add the new gradient on top of what the hook wrote
+// into the bucket. With .grad() none, AccumulateGrad instead stores the new gradient tensor as
+// .grad() and leaves the bucket alone. (With FlatGradients a .grad() still pointing into the flat
+// buffers at backward is refused with CommError; FusedAdam::zero_grad(), which zeroes the buffers
+// and re-points .grad() at them, is therefore not the way to clear gradients before a GradSync step.)
 // Every parameter must receive exactly one gradient per backward (true for ResNet9). Threading:
 // hooks run on the thread that runs backward; call finish() from that thread.
 #pragma once
@@ -32,6 +46,21 @@
 
 namespace fer {
 
+// Gradient storage GradSync writes the averaged gradients into instead of buffers of its own
+// (FusedAdam::flat_gradients() fills one; GradSync does not know FusedAdam). Per parameter, in
+// registration order: which buffer, the element offset of its slot, and the slot as a tensor with
+// the parameter's sizes (and the strides the optimizer expects .grad() to have). Within a buffer
+// the slots must lie in reverse registration order without overlapping, and the elements between
+// them must be zero. Empty (no buffers): GradSync allocates its own buckets.
+struct FlatGradients {
+  std::vector<at::Tensor> buffers;    // 1-D, contiguous, the parameters' dtype and device
+  std::vector<int> buffer;            // per parameter: index into buffers
+  std::vector<std::int64_t> offset;   // per parameter: first element of its slot in the buffer
+  std::vector<at::Tensor> views;      // per parameter: its slot, the parameter's sizes
+
+  bool empty() const { return buffers.empty(); }
+};
+
 struct GradSyncOptions {
   double bucket_mb = 25.0;       // cap per bucket, MiB
   double first_bucket_mb = 1.0;  // cap of the first bucket (the last layers), MiB
@@ -42,7 +71,10 @@ class GradSync {
  public:
   // `params` in registration order (model->parameters()), on the data plane's device. Registers
   // the hooks when overlapping. The plane must be active (a world of one needs no GradSync).
-  GradSync(std::vector<at::Tensor> params, DataPlane& plane, const GradSyncOptions& options);
+  // With `flat` (not empty) the buckets are slices of its buffers (see above); throws
+  // std::invalid_argument naming the parameter when a slot does not fit that.
+  GradSync(std::vector<at::Tensor> params, DataPlane& plane, const GradSyncOptions& options,
+           FlatGradients flat = {});
   ~GradSync();
   GradSync(const GradSync&) = delete;
   GradSync& operator=(const GradSync&) = delete;
@@ -50,7 +82,9 @@ class GradSync {
   // Gradient accumulation (as DDP's no_sync): while a NoSync lives, backward passes all-reduce
   // nothing and gradients accumulate in param.grad(); the next synced backward all-reduces each
   // parameter's accumulated gradient plus its new one, and finish() as usual. Every rank must run
-  // the same number of no-sync backward passes.
+  // the same number of no-sync backward passes. (The accumulated gradients are autograd's own
+  // tensors, since .grad() was none at the first backward: with FlatGradients too they live
+  // outside the flat buffers until the synced backward writes their average there.)
   class NoSync {
    public:
     explicit NoSync(GradSync* sync) : sync_(sync) {
@@ -72,7 +106,8 @@ class GradSync {
   void finish(std::int64_t step);
 
   int num_buckets() const { return static_cast<int>(buckets_.size()); }
-  // Elements per bucket, in bucket order (for logs and tests).
+  // Elements per bucket, in bucket order (for logs and tests; with FlatGradients including the
+  // gaps between slots).
   std::vector<std::int64_t> bucket_numels() const;
   // Seconds finish() spent waiting for communication in the last step (the exposed part).
   double last_wait_seconds() const { return last_wait_seconds_; }
@@ -83,16 +118,21 @@ class GradSync {
  private:
   struct Slot {
     std::size_t param;       // index into params_
-    std::int64_t offset;     // element offset in the bucket buffer
+    std::int64_t offset;     // element offset in the bucket buffer (own buckets only)
     std::int64_t numel;
   };
   struct Bucket {
     std::vector<Slot> slots;
-    at::Tensor buffer;       // flat, contiguous, the parameters' dtype and device
+    at::Tensor buffer;       // flat, contiguous, the parameters' dtype and device (own, or a
+                             // slice of a FlatGradients buffer)
     std::size_t ready = 0;   // slots filled this step
     std::unique_ptr<Work> work;
   };
 
+  void plan_own_buckets();
+  void plan_flat_buckets();
+  // Where parameter k's scaled gradient goes: its slot in the bucket, or flat_.views[k].
+  at::Tensor destination(std::size_t k) const;
   void on_gradient(std::size_t param, const at::Tensor& grad);
   void issue_ready_buckets();
   void reset_step();
@@ -100,6 +140,7 @@ class GradSync {
   std::vector<at::Tensor> params_;
   DataPlane& plane_;
   GradSyncOptions options_;
+  FlatGradients flat_;  // empty: own buckets
   std::vector<Bucket> buckets_;
   std::vector<std::size_t> bucket_of_;  // param index -> bucket index
   std::vector<std::size_t> slot_of_;    // param index -> slot index within its bucket

@@ -12,6 +12,7 @@
 #include <utility>
 
 #include "common/errors.h"
+#include "dist/grad_sync.h"
 
 namespace fer {
 namespace {
@@ -168,8 +169,20 @@ const at::Tensor& FusedAdam::flat_params(int b) const { return buffers_.at(b).pa
 const at::Tensor& FusedAdam::flat_grads(int b) const { return buffers_.at(b).grads; }
 const std::vector<int>& FusedAdam::buffer_members(int b) const { return buffers_.at(b).members; }
 
+FlatGradients FusedAdam::flat_gradients() const {
+  FlatGradients flat;
+  for (const Buffer& b : buffers_) flat.buffers.push_back(b.grads);
+  for (std::size_t i = 0; i < params_.size(); ++i) {
+    flat.buffer.push_back(layout_[i].buffer);
+    flat.offset.push_back(layout_[i].offset);
+    flat.views.push_back(grad_views_[i]);
+  }
+  return flat;
+}
+
 void FusedAdam::bind_gradients() {
   torch::NoGradGuard no_grad;
+  last_copied_ = 0;
   for (std::size_t i = 0; i < params_.size(); ++i) {
     const at::Tensor& p = params_[i];
     const Buffer& b = buffers_[layout_[i].buffer];
@@ -188,6 +201,7 @@ void FusedAdam::bind_gradients() {
     if (g.data_ptr() == grad_views_[i].data_ptr() && g.strides().equals(p.strides())) continue;
     grad_views_[i].copy_(g);
     p.mutable_grad() = grad_views_[i];
+    ++last_copied_;
   }
 }
 

@@ -30,7 +30,9 @@
 // zero_grad() zeroes the buffers; backward then accumulates into the views in place (autograd's
 // AccumulateGrad adds into a defined gradient when not building a graph), so no copy is needed.
 // If something replaced a .grad() in between (set_to_none, GradSync pointing it at its own
-// bucket), clip_*() and step() copy it into the flat buffer and point .grad() back at the view.
+// bucket), clip_*() and step() copy it into the flat buffer and point .grad() back at the view
+// (last_copied() counts those copies). GradSync built over flat_gradients() averages straight
+// into the views and points .grad() at them, so nothing is copied.
 // Every parameter must have a gradient when clip_*() or step() runs (LibTorch skips a parameter
 // without one; a flat update cannot), as GradSync requires too.
 //
@@ -63,6 +65,8 @@ class Optimizer;
 }
 
 namespace fer {
+
+struct FlatGradients;  // dist/grad_sync.h
 
 struct FusedAdamOptions {
   OptimizerKind kind = OptimizerKind::kAdam;  // kAdam: grad += wd * p; kAdamW: p *= 1 - lr * wd
@@ -132,6 +136,14 @@ class FusedAdam {
   const at::Tensor& flat_grads(int b) const;
   // Indices into params() of buffer b's parameters, in layout (reverse registration) order.
   const std::vector<int>& buffer_members(int b) const;
+  // params()[i]'s slot of its flat gradient buffer, with params()[i]'s sizes and strides: where
+  // clip_*() and step() read its gradient (.grad() pointing here needs no copy).
+  const at::Tensor& grad_view(int i) const { return grad_views_.at(i); }
+  // The flat gradient buffers as GradSync's bucket storage (buffers, slots and grad_view()s).
+  FlatGradients flat_gradients() const;
+  // Gradients the last clip_*() or step() had to copy into the flat buffers because .grad() was
+  // not its grad_view() (0 when backward or GradSync wrote them in place).
+  int last_copied() const { return last_copied_; }
 
   // A torch::optim::Adam (kAdam) or AdamW (kAdamW) over params() with these options and a copy
   // of this state (none before the first step, as LibTorch's): what checkpoint.cpp saves.
@@ -166,6 +178,7 @@ class FusedAdam {
   std::vector<Buffer> buffers_;
   FusedAdamOptions options_;
   std::int64_t step_ = 0;
+  int last_copied_ = 0;
 };
 
 }  // namespace fer

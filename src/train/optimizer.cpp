@@ -2,6 +2,7 @@
 
 #include <torch/torch.h>
 
+#include "dist/grad_sync.h"
 #include "train/fused_adam.h"
 
 namespace fer {
@@ -85,6 +86,10 @@ void TrainOptimizer::step() {
   } else {
     libtorch_->step();
   }
+}
+
+FlatGradients TrainOptimizer::flat_gradients() const {
+  return fused_ ? fused_->flat_gradients() : FlatGradients{};
 }
 
 torch::optim::Optimizer& TrainOptimizer::checkpoint_state() {

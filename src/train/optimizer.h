@@ -26,6 +26,7 @@ void set_lr_and_beta1(torch::optim::Optimizer& optimizer, OptimizerKind kind, do
                       double beta1);
 
 class FusedAdam;
+struct FlatGradients;  // dist/grad_sync.h
 
 // The recipe's optimizer as the trainer drives it: FusedAdam (optim.fused, the default: the
 // parameters and gradients as flat buffers, a handful of ops per step) or LibTorch's Adam/AdamW.
@@ -43,6 +44,10 @@ class TrainOptimizer {
   // torch::nn::utils::clip_grad_value_ then clip_grad_norm_ semantics, each when its limit > 0.
   void clip(double value, double norm);
   void step();
+  // The fused optimizer's flat gradient buffers for GradSync to average into (no copy into the
+  // optimizer afterwards); empty with LibTorch's optimizer. Valid for the optimizer's lifetime
+  // (the buffers are never re-created, a resume included).
+  FlatGradients flat_gradients() const;
   // The state as a LibTorch optimizer for save_checkpoint / load_checkpoint_into; after loading
   // into it, call restore_checkpoint_state().
   torch::optim::Optimizer& checkpoint_state();

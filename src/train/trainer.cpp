@@ -231,9 +231,14 @@ void Trainer::setup() {
     GradSyncOptions gs;
     gs.bucket_mb = config_.dist.bucket_mb;
     gs.overlap = config_.dist.overlap;
-    grad_sync_ = std::make_unique<GradSync>(model_->parameters(), data_, gs);
-    spdlog::info("GradSync: {} buckets, overlap {}", grad_sync_->num_buckets(),
-                 config_.dist.overlap ? "on" : "off");
+    // With the fused optimizer the buckets are slices of its flat gradient buffers (built with
+    // optimizer_ in the constructor; a resume only copies state into them): clip and step read
+    // the averages where GradSync writes them.
+    const FlatGradients flat = optimizer_->flat_gradients();
+    grad_sync_ = std::make_unique<GradSync>(model_->parameters(), data_, gs, flat);
+    spdlog::info("GradSync: {} buckets, overlap {}, {}", grad_sync_->num_buckets(),
+                 config_.dist.overlap ? "on" : "off",
+                 flat.empty() ? "own buffers" : "in the optimizer's flat gradient buffers");
   }
   if (resume_path_) resume_from(*resume_path_);
   if (leader_) {

@@ -1,4 +1,5 @@
-// The two communication planes (src/dist/planes.h) and GradSync, under mpiexec with 1, 2 and 4
+// The two communication planes (src/dist/planes.h) and GradSync (with its own buckets and over
+// FusedAdam's flat gradient buffers), under mpiexec with 1, 2 and 4
 // ranks and as an MPI singleton (linked into test_dist_collectives, whose main() runs them).
 // Every test issues the same collectives on every rank and checks results afterwards.
 #include <gtest/gtest.h>
@@ -13,6 +14,7 @@
 #include "dist/mpi_context.h"
 #include "dist/planes.h"
 #include "mpi_test_env.h"
+#include "train/fused_adam.h"
 
 namespace fer {
 namespace {
@@ -267,6 +269,170 @@ TEST_F(PlanesTest, GradSyncRefusesAGradientProducedTwiceInOneStep) {
     FAIL() << "the second backward went through";
   } catch (const std::exception& e) {
     EXPECT_NE(std::string(e.what()).find("two gradients"), std::string::npos) << e.what();
+  }
+}
+
+// ---- GradSync over FusedAdam's flat gradient buffers -------------------------------------------
+
+// Parameters of a small network as FusedAdam sees them: two conv weights made channels_last before
+// FusedAdam is built (their gradient views keep those strides), biases and a linear layer, with
+// sizes that leave alignment gaps between the slots. Values are fixed (the same on every rank).
+std::vector<torch::Tensor> make_net_params() {
+  const std::vector<std::vector<std::int64_t>> shapes{
+      {16, 3, 3, 3}, {16}, {32, 16, 3, 3}, {5}, {7, 300}, {7}};
+  std::vector<torch::Tensor> out;
+  for (std::size_t k = 0; k < shapes.size(); ++k) {
+    std::int64_t numel = 1;
+    for (const auto d : shapes[k]) numel *= d;
+    torch::Tensor p =
+        torch::sin(torch::arange(numel, torch::kFloat) * 0.11 + static_cast<double>(k))
+            .reshape(shapes[k]);
+    if (p.dim() == 4) p = p.contiguous(at::MemoryFormat::ChannelsLast);
+    out.push_back(p.set_requires_grad(true));
+  }
+  return out;
+}
+
+// Rank r's gradient for parameter k: values that round when scaled and summed.
+torch::Tensor net_grad(const torch::Tensor& p, std::size_t k, int r) {
+  return (torch::sin(torch::arange(p.numel(), torch::kFloat) * 0.37 + 1.3 * static_cast<double>(k) +
+                     0.71 * r) *
+          (1.0 + static_cast<double>(k)) / 3.0)
+      .reshape(p.sizes());
+}
+
+void net_backward(const std::vector<torch::Tensor>& params, int r) {
+  torch::Tensor loss = torch::zeros({});
+  for (std::size_t k = 0; k < params.size(); ++k) {
+    loss = loss + (params[k] * net_grad(params[k], k, r)).sum();
+  }
+  loss.backward();
+}
+
+struct FlatRun {
+  std::vector<torch::Tensor> grads;   // after the last finish()
+  std::vector<torch::Tensor> params;  // after the last FusedAdam step
+  std::vector<int> copied;            // FusedAdam::last_copied() after each step's clip
+  bool grads_are_fused_views = true;  // every step: .grad() is FusedAdam's grad view itself
+  int buckets = 0;
+};
+
+// Two training steps as the trainer drives them (.grad() to none, [a NoSync micro-batch], backward,
+// finish, clip, step) with GradSync's own buckets or FusedAdam's flat gradients.
+FlatRun run_fused(DataPlane& plane, bool flat, bool overlap, bool no_sync) {
+  auto params = make_net_params();
+  FusedAdamOptions fo;
+  fo.lr = 1e-2;
+  fo.weight_decay = 1e-3;
+  FusedAdam fused(params, fo);
+  GradSyncOptions o;
+  o.overlap = overlap;
+  o.first_bucket_mb = 2048 / kMiB;  // several buckets: {linear bias, weight}, conv2, ...
+  o.bucket_mb = 12000 / kMiB;
+  GradSync sync(params, plane, o, flat ? fused.flat_gradients() : FlatGradients{});
+  FlatRun run;
+  run.buckets = sync.num_buckets();
+  for (int step = 0; step < 2; ++step) {
+    for (auto& p : params) p.mutable_grad().reset();  // set_to_none, as Trainer::train_step
+    if (no_sync) {
+      const GradSync::NoSync hold(&sync);
+      net_backward(params, plane.rank() + 10 * step + 100);
+    }
+    net_backward(params, plane.rank() + 10 * step);
+    sync.finish(step);
+    for (std::size_t i = 0; i < params.size(); ++i) {
+      const torch::Tensor& g = params[i].grad();
+      const torch::Tensor& view = fused.grad_view(static_cast<int>(i));
+      run.grads_are_fused_views = run.grads_are_fused_views && g.data_ptr() == view.data_ptr() &&
+                                  g.strides().equals(view.strides());
+      if (step == 1) run.grads.push_back(g.clone());
+    }
+    fused.clip_grad_value(0.3);
+    run.copied.push_back(fused.last_copied());
+    fused.step();
+  }
+  for (const auto& p : params) run.params.push_back(p.detach().clone());
+  return run;
+}
+
+TEST_F(PlanesTest, GradSyncInFusedAdamsFlatGradientsIsBitIdenticalAndCopiesNothing) {
+  const std::size_t n = make_net_params().size();
+  for (int overlap = 0; overlap < 2; ++overlap) {
+    for (int no_sync = 0; no_sync < 2; ++no_sync) {
+      SCOPED_TRACE("overlap " + std::to_string(overlap) + ", NoSync micro-batch " +
+                   std::to_string(no_sync));
+      const FlatRun own = run_fused(groups_.data(), false, overlap == 1, no_sync == 1);
+      const FlatRun flat = run_fused(groups_.data(), true, overlap == 1, no_sync == 1);
+      EXPECT_GT(flat.buckets, 2);
+      EXPECT_EQ(flat.buckets, own.buckets);  // the same cuts (one buffer: float32 on the CPU)
+      // Own buckets: FusedAdam copies every gradient in; flat: none, .grad() is its view.
+      EXPECT_EQ(own.copied, std::vector<int>(2, static_cast<int>(n)));
+      EXPECT_EQ(flat.copied, std::vector<int>(2, 0));
+      EXPECT_FALSE(own.grads_are_fused_views);
+      EXPECT_TRUE(flat.grads_are_fused_views);
+      ASSERT_EQ(flat.grads.size(), n);
+      for (std::size_t k = 0; k < n; ++k) {
+        EXPECT_TRUE(torch::equal(flat.grads[k], own.grads[k])) << "gradient " << k;
+        EXPECT_TRUE(torch::equal(flat.params[k], own.params[k])) << "parameter " << k;
+        // The average itself (step 1's gradients, before clipping).
+        torch::Tensor expected = torch::zeros(own.grads[k].sizes());
+        const auto p = make_net_params()[k];
+        for (int r = 0; r < world(); ++r) {
+          expected += net_grad(p, k, r + 10);
+          if (no_sync == 1) expected += net_grad(p, k, r + 110);
+        }
+        EXPECT_TRUE(torch::allclose(flat.grads[k], expected / world(), 1e-5, 1e-5))
+            << "gradient " << k;
+      }
+      // The channels_last conv weight's averaged gradient has the parameter's strides (own
+      // buckets give a contiguous view, which FusedAdam copies into its channels_last slot).
+      EXPECT_TRUE(flat.grads[2].is_contiguous(at::MemoryFormat::ChannelsLast) &&
+                  !flat.grads[2].is_contiguous());
+    }
+  }
+}
+
+// The slots must follow each other in reverse registration order (a bucket is one slice): a
+// layout in registration order is refused naming the parameter, before any hook is registered.
+TEST_F(PlanesTest, GradSyncRefusesFlatSlotsOutOfReverseRegistrationOrder) {
+  auto params = make_params({10, 20});
+  FlatGradients flat;
+  flat.buffers.push_back(torch::zeros({64}));
+  flat.buffer = {0, 0};
+  flat.offset = {0, 16};  // parameter 0 first: registration order
+  for (std::size_t k = 0; k < params.size(); ++k) {
+    flat.views.push_back(flat.buffers[0].narrow(0, flat.offset[k], params[k].numel()));
+  }
+  try {
+    GradSync sync(params, groups_.data(), GradSyncOptions{}, flat);
+    FAIL() << "slots in registration order were accepted";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find("parameter 0"), std::string::npos) << e.what();
+  }
+  // Reverse order is fine, and so is a view that is not where the offset says: refused.
+  flat.offset = {24, 0};
+  flat.views = {flat.buffers[0].narrow(0, 24, 10), flat.buffers[0].narrow(0, 0, 20)};
+  EXPECT_NO_THROW(GradSync(params, groups_.data(), GradSyncOptions{}, flat));
+  flat.views[0] = flat.buffers[0].narrow(0, 30, 10);
+  EXPECT_THROW(GradSync(params, groups_.data(), GradSyncOptions{}, flat), std::invalid_argument);
+}
+
+// A .grad() still pointing into the flat buffers at backward (FusedAdam::zero_grad() instead of
+// set_to_none) would have autograd add the gradient on top of the average: refused on every rank.
+TEST_F(PlanesTest, GradSyncOverFlatGradientsRefusesAGradStillInTheBuffersAtBackward) {
+  for (int overlap = 0; overlap < 2; ++overlap) {
+    auto params = make_net_params();
+    FusedAdam fused(params, FusedAdamOptions{});  // points every .grad() at its view
+    GradSyncOptions o;
+    o.overlap = overlap == 1;
+    GradSync sync(params, groups_.data(), o, fused.flat_gradients());
+    try {
+      net_backward(params, rank());
+      sync.finish(0);
+      FAIL() << "backward into the flat buffers went through, overlap " << overlap;
+    } catch (const std::exception& e) {
+      EXPECT_NE(std::string(e.what()).find("set it to none"), std::string::npos) << e.what();
+    }
   }
 }
 

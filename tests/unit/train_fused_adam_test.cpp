@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "common/errors.h"
+#include "dist/grad_sync.h"
 #include "test_util.h"
 #include "train/checkpoint.h"
 #include "train/fused_adam.h"
@@ -328,6 +329,50 @@ TEST(FusedAdam, GradientsReplacedBehindItsBackAreCopiedIn) {
     EXPECT_EQ(p0.grad().data_ptr(),
               fused.flat_grads(0).data_ptr<float>() + fused.layout()[0].offset);
   }
+}
+
+// last_copied(): 0 when backward accumulated into the flat views, one per gradient found elsewhere.
+TEST(FusedAdam, LastCopiedCountsTheGradientsFoundOutsideTheFlatBuffers) {
+  ResNet9 model = make_model(1);
+  const Batch batch = fixed_batch(model);
+  FusedAdam fused(model->parameters(), fused_options(OptimizerKind::kAdam, 1e-4));
+  const auto params = model->parameters();
+  fused.zero_grad();
+  forward_backward(model, batch);  // in place into the views
+  fused.step();
+  EXPECT_EQ(fused.last_copied(), 0);
+  for (auto& p : model->parameters()) p.mutable_grad().reset();
+  forward_backward(model, batch);  // fresh tensors
+  fused.clip_grad_value(kClipValue);
+  EXPECT_EQ(fused.last_copied(), static_cast<int>(params.size()));
+  fused.step();  // clip pointed them back at the views
+  EXPECT_EQ(fused.last_copied(), 0);
+  params[3].mutable_grad() = params[3].grad().clone();
+  fused.step();
+  EXPECT_EQ(fused.last_copied(), 1);
+}
+
+// flat_gradients(): what GradSync needs to average into the gradient buffers in place.
+TEST(FusedAdam, FlatGradientsAreTheGradientBuffersAndViews) {
+  ResNet9 model = make_model(1);
+  auto params = model->parameters();
+  params[0].set_data(params[0].contiguous(at::MemoryFormat::ChannelsLast));  // a conv weight
+  ASSERT_EQ(params[0].dim(), 4);
+  FusedAdam fused(model->parameters(), fused_options(OptimizerKind::kAdam, 0.0));
+  const FlatGradients flat = fused.flat_gradients();
+  ASSERT_EQ(flat.buffers.size(), static_cast<std::size_t>(fused.num_buffers()));
+  EXPECT_EQ(flat.buffers[0].data_ptr(), fused.flat_grads(0).data_ptr());
+  ASSERT_EQ(flat.views.size(), params.size());
+  for (std::size_t i = 0; i < params.size(); ++i) {
+    const int k = static_cast<int>(i);
+    EXPECT_EQ(flat.buffer[i], fused.layout()[i].buffer);
+    EXPECT_EQ(flat.offset[i], fused.layout()[i].offset);
+    EXPECT_EQ(flat.views[i].data_ptr(), fused.grad_view(k).data_ptr()) << "parameter " << i;
+    EXPECT_EQ(flat.views[i].strides(), params[i].strides()) << "parameter " << i;
+    EXPECT_EQ(flat.views[i].data_ptr(),
+              fused.flat_grads(0).data_ptr<float>() + fused.layout()[i].offset);
+  }
+  EXPECT_TRUE(flat.views[0].is_contiguous(at::MemoryFormat::ChannelsLast));
 }
 
 TEST(FusedAdam, MissingGradientIsAnError) {
