@@ -12,8 +12,8 @@
 
 namespace fer {
 
-GradSync::GradSync(std::vector<at::Tensor> params, DataPlane& plane,
-                   const GradSyncOptions& options, FlatGradients flat)
+GradSync::GradSync(std::vector<at::Tensor> params, DataPlane& plane, const GradSyncOptions& options,
+                   FlatGradients flat)
     : params_(std::move(params)),
       plane_(plane),
       options_(options),
@@ -118,12 +118,13 @@ void GradSync::plan_flat_buckets() {
       throw misfit(k, "has no dense gradient view of its own sizes and dtype");
     }
     if (offset < end_of[b] || offset + p.numel() > buffer.numel()) {
-      throw misfit(k, "lies at elements [" + std::to_string(offset) + ", " +
-                          std::to_string(offset + p.numel()) + ") of its flat buffer, not after "
-                          "element " + std::to_string(end_of[b]) + " (the end of the next "
-                          "parameter's slot) and inside the buffer's " +
-                          std::to_string(buffer.numel()) + ": the slots must follow each other "
-                          "in reverse registration order");
+      const std::string at =
+          "[" + std::to_string(offset) + ", " + std::to_string(offset + p.numel()) + ")";
+      throw misfit(k, "lies at elements " + at + " of its flat buffer (" +
+                          std::to_string(buffer.numel()) + " elements), not after element " +
+                          std::to_string(end_of[b]) + " where parameter " + std::to_string(k + 1) +
+                          "'s slot ends: the slots must follow each other in reverse "
+                          "registration order");
     }
     const char* slot = static_cast<const char*>(buffer.data_ptr()) + offset * buffer.element_size();
     if (view.data_ptr() != slot || !view.is_alias_of(buffer)) {
@@ -197,9 +198,10 @@ void GradSync::on_gradient(std::size_t k, const at::Tensor& grad) {
   // view has the parameter's sizes (and the optimizer's strides); elementwise, the same values.
   const bool own = flat_.empty();
   FER_CHECK(own || !accumulated.defined() || !accumulated.is_alias_of(dest), CommError,
-            "GradSync: parameter ", k, "'s .grad() points into the flat gradient buffers at "
-            "backward (set it to none before backward: autograd would add the new gradient on "
-            "top of the average GradSync writes there)");
+            "GradSync: parameter ", k,
+            "'s .grad() points into the flat gradient buffers at backward (set it to none before "
+            "backward: autograd would add the new gradient on top of the average GradSync writes "
+            "there)");
   if (options_.overlap && accumulated.defined()) {
     if (own) {
       at::add_out(dest, grad.reshape({-1}), accumulated.reshape({-1}));

@@ -29,9 +29,9 @@
 // into the bucket. With .grad() none, AccumulateGrad instead stores the new gradient tensor as
 // .grad() and leaves the bucket alone. (With FlatGradients a .grad() still pointing into the flat
 // buffers at backward is refused with CommError; FusedAdam::zero_grad(), which zeroes the buffers
-// and re-points .grad() at them, is therefore not the way to clear gradients before a GradSync step.)
-// Every parameter must receive exactly one gradient per backward (true for ResNet9). Threading:
-// hooks run on the thread that runs backward; call finish() from that thread.
+// and re-points .grad() at them, is therefore not the way to clear gradients before a GradSync
+// step.) Every parameter must receive exactly one gradient per backward (true for ResNet9).
+// Threading: hooks run on the thread that runs backward; call finish() from that thread.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -53,10 +53,10 @@ namespace fer {
 // the slots must lie in reverse registration order without overlapping, and the elements between
 // them must be zero. Empty (no buffers): GradSync allocates its own buckets.
 struct FlatGradients {
-  std::vector<at::Tensor> buffers;    // 1-D, contiguous, the parameters' dtype and device
-  std::vector<int> buffer;            // per parameter: index into buffers
-  std::vector<std::int64_t> offset;   // per parameter: first element of its slot in the buffer
-  std::vector<at::Tensor> views;      // per parameter: its slot, the parameter's sizes
+  std::vector<at::Tensor> buffers;   // 1-D, contiguous, the parameters' dtype and device
+  std::vector<int> buffer;           // per parameter: index into buffers
+  std::vector<std::int64_t> offset;  // per parameter: first element of its slot in the buffer
+  std::vector<at::Tensor> views;     // per parameter: its slot, the parameter's sizes
 
   bool empty() const { return buffers.empty(); }
 };

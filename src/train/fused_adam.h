@@ -18,10 +18,10 @@
 // in registration order, then the norm of those), because a single reduction over the flat buffer
 // would round differently.
 //
-// Layout contract (so that GradSync's buckets can later be slices of the same flat gradient
-// buffers): parameters are grouped by (dtype, device) into buffers, numbered by their first
-// parameter in registration order. Inside a buffer, parameters lie in REVERSE registration order
-// (the order in which backward produces gradients, as GradSync's buckets), each starting at a
+// Layout contract (GradSync's buckets are slices of the same flat gradient buffers, see
+// flat_gradients()): parameters are grouped by (dtype, device) into buffers, numbered by their
+// first parameter in registration order. Inside a buffer, parameters lie in REVERSE registration
+// order (the order in which backward produces gradients, as GradSync's buckets), each starting at a
 // multiple of kAlignBytes bytes; the gaps are zero in all four buffers and stay zero through clip
 // and step. layout()[i] says where parameter i (registration order) lives; a parameter's view
 // keeps the parameter's own strides (e.g. channels_last), and its gradient view has the same ones.

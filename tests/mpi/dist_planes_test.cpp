@@ -278,8 +278,8 @@ TEST_F(PlanesTest, GradSyncRefusesAGradientProducedTwiceInOneStep) {
 // FusedAdam is built (their gradient views keep those strides), biases and a linear layer, with
 // sizes that leave alignment gaps between the slots. Values are fixed (the same on every rank).
 std::vector<torch::Tensor> make_net_params() {
-  const std::vector<std::vector<std::int64_t>> shapes{
-      {16, 3, 3, 3}, {16}, {32, 16, 3, 3}, {5}, {7, 300}, {7}};
+  const std::vector<std::vector<std::int64_t>> shapes{{16, 3, 3, 3}, {16},     {32, 16, 3, 3},
+                                                      {5},           {7, 300}, {7}};
   std::vector<torch::Tensor> out;
   for (std::size_t k = 0; k < shapes.size(); ++k) {
     std::int64_t numel = 1;

@@ -2,8 +2,8 @@
 // side on a fixed batch, lr and beta1 changed before every step as the one-cycle schedule does,
 // gradients clipped by value or by global norm, must stay bit-identical (torch::equal) after every
 // step. Checkpoints written through FusedAdam::to_libtorch() load into LibTorch's Adam and the
-// other way round, and the two continue bit-identically. Plus the layout contract GradSync will
-// rely on.
+// other way round, and the two continue bit-identically. Plus the layout contract GradSync relies
+// on (flat_gradients(), last_copied()).
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
