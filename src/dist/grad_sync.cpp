@@ -254,7 +254,8 @@ void GradSync::finish(std::int64_t step) {
             " was never completed");
   // The communicator completes work in issue order (one thread, or one stream for NCCL): waiting
   // for the last bucket waits for all of them with one wake-up instead of one per bucket (on
-  // fully subscribed cores each wake-up can preempt a peer's communication thread).
+  // fully subscribed cores each wake-up can preempt a peer's communication thread). On a GPU the
+  // wait is the compute stream's (DataPlane::wait): the host goes on to queue clip and step.
   plane_.wait(*buckets_.back().work, [this, step] {
     std::size_t i = 0;  // the first bucket still in flight
     while (i + 1 < buckets_.size() && buckets_[i].work->wait_for(0.0)) ++i;
@@ -263,7 +264,9 @@ void GradSync::finish(std::int64_t step) {
            buckets_[i].work->describe() + ")";
   });
   for (auto& b : buckets_) {
-    b.work->wait();  // returns at once; rethrows a failure
+    // Host backends: finished (in order), so this returns at once and rethrows a failure. NCCL:
+    // one more stream wait on an earlier event (free), never a host wait.
+    plane_.wait(*b.work, [] { return std::string("gradient all-reduce"); });
     b.work.reset();
   }
   last_wait_seconds_ =

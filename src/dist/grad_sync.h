@@ -7,8 +7,10 @@
 // bucket's flat buffer; when a bucket is complete and every earlier bucket has been issued, its
 // all-reduce (average) is issued asynchronously while backward goes on. Buckets are therefore
 // issued in bucket order on every rank, on the data plane. finish() waits for all of them (the data
-// plane's bounded wait: the job aborts naming step, bucket and op) and points each param.grad() at its average in
-// the bucket buffer (a view: nothing is copied back). Gradients are scaled by 1/world as they are
+// plane's bounded wait: on the CPU the host waits, and the job aborts naming step, bucket and op;
+// on a GPU the compute stream waits for NCCL's completion event and the NCCL watchdog bounds it)
+// and points each param.grad() at its average in the bucket buffer (a view: nothing is copied
+// back). Gradients are scaled by 1/world as they are
 // copied in and then summed, so the average needs no extra pass.
 // With overlap off every bucket is filled and issued after backward, from the same buffers in the
 // same order: the results are bit-identical.
@@ -109,7 +111,8 @@ class GradSync {
   // Elements per bucket, in bucket order (for logs and tests; with FlatGradients including the
   // gaps between slots).
   std::vector<std::int64_t> bucket_numels() const;
-  // Seconds finish() spent waiting for communication in the last step (the exposed part).
+  // Seconds finish() spent waiting for communication in the last step (the exposed part; on a
+  // GPU only the time to queue the stream waits: the device's wait is not seen from the host).
   double last_wait_seconds() const { return last_wait_seconds_; }
   // Seconds finish() spent copying gradients into the buckets in the last step (all of them with
   // overlap off; only those backward did not reach with overlap on: hooks copy the rest).
