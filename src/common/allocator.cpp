@@ -14,8 +14,10 @@ std::string keep_freed_memory_for_reuse() {
     }
   }
 #if defined(__GLIBC__)
-  const bool ok = mallopt(M_MMAP_MAX, 0) == 1 && mallopt(M_TRIM_THRESHOLD, 1 << 30) == 1;
-  return ok ? "malloc keeps freed memory for reuse (no mmap, no trim)"
+  // 32 MiB: the largest fixed mmap threshold glibc takes (HEAP_MAX_SIZE / 2 on 64-bit).
+  const bool ok =
+      mallopt(M_MMAP_THRESHOLD, 32 << 20) == 1 && mallopt(M_TRIM_THRESHOLD, 1 << 30) == 1;
+  return ok ? "malloc keeps freed memory for reuse (no trim; mmap only above 32 MiB)"
             : "malloc tuning refused by the C library";
 #else
   return "malloc tuning skipped (not glibc)";
