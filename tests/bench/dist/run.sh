@@ -51,7 +51,7 @@ run() {
   cat >"$work/cfg$np.yaml" <<EOF
 data: {loader: memory, workers: 1, augment: true}
 model: {width: $width, dropout: 0}
-train: {epochs: 1, batch_size: $(( batch * np )), max_steps: $steps, threads: 1, log_every: 10,
+train: {epochs: 1, batch_size: $batch, max_steps: $steps, threads: 1, log_every: 10,
         eval_every: 100}
 dist: {overlap: $overlap}
 checkpoint: {keep_last: 1}
