@@ -57,35 +57,55 @@ int usage() {
   return 2;
 }
 
-}  // namespace
 
-int main(int argc, char** argv) {
-  if (argc < 4) return usage();
-  const int threads = std::atoi(argv[1]);
-  const int batch = std::atoi(argv[2]);
-  const int steps = std::atoi(argv[3]);
-  const double width = argc > 4 ? std::atof(argv[4]) : 1.0;
-  std::string mode = argc > 5 ? argv[5] : "plain";
-  if (mode == "channels_last") mode = "plain+channels_last";
-  const int interop = argc > 6 ? std::atoi(argv[6]) : 0;
+// The command line: THREADS BATCH STEPS [WIDTH] [MODE] [INTEROP]; MODE is a base loop (plain or
+// trainer) with levers after '+'.
+struct Args {
+  int threads = 0, batch = 0, steps = 0, interop = 0;
+  double width = 1.0;
+  std::string mode = "plain";
+  bool trainer = false, channels_last = false, fused = false, bf16 = false;
+};
+
+// False on a malformed command line.
+bool parse_args(int argc, char** argv, Args* a) {
+  if (argc < 4) return false;
+  a->threads = std::atoi(argv[1]);
+  a->batch = std::atoi(argv[2]);
+  a->steps = std::atoi(argv[3]);
+  a->width = argc > 4 ? std::atof(argv[4]) : 1.0;
+  a->mode = argc > 5 ? argv[5] : "plain";
+  if (a->mode == "channels_last") a->mode = "plain+channels_last";
+  a->interop = argc > 6 ? std::atoi(argv[6]) : 0;
+  const std::string& mode = a->mode;
   const std::string base = mode.substr(0, mode.find('+'));
-  bool channels_last = false, fused = false, bf16 = false;
   for (std::size_t at = mode.find('+'); at != std::string::npos; at = mode.find('+', at + 1)) {
     const std::string lever = mode.substr(at + 1, mode.find('+', at + 1) - at - 1);
     if (lever == "channels_last") {
-      channels_last = true;
+      a->channels_last = true;
     } else if (lever == "fused") {
-      fused = true;
+      a->fused = true;
     } else if (lever == "bf16") {
-      bf16 = true;
+      a->bf16 = true;
     } else {
-      return usage();
+      return false;
     }
   }
-  if (threads < 1 || batch < 1 || steps < 1 || width <= 0 ||
-      (base != "plain" && base != "trainer")) {
-    return usage();
-  }
+  a->trainer = base == "trainer";
+  return a->threads >= 1 && a->batch >= 1 && a->steps >= 1 && a->width > 0 &&
+         (base == "plain" || base == "trainer");
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Args args;
+  if (!parse_args(argc, argv, &args)) return usage();
+  const int threads = args.threads, batch = args.batch, steps = args.steps;
+  const int interop = args.interop;
+  const double width = args.width;
+  const std::string& mode = args.mode;
+  const bool channels_last = args.channels_last, fused = args.fused, bf16 = args.bf16;
   if (interop > 0) torch::set_num_interop_threads(interop);
   // The process is set up like fer-dist-train's (which this step stands for): glibc malloc keeps
   // freed memory for reuse. FER_BENCH_DEFAULT_MALLOC=1 leaves glibc's defaults (the reference's).
@@ -116,7 +136,7 @@ int main(int argc, char** argv) {
   std::vector<float> pixels(x.data_ptr<float>(), x.data_ptr<float>() + x.numel());
   std::vector<std::int64_t> labels(y.data_ptr<std::int64_t>(),
                                    y.data_ptr<std::int64_t>() + y.numel());
-  const bool trainer = base == "trainer";
+  const bool trainer = args.trainer;
   if (channels_last) x = x.contiguous(torch::MemoryFormat::ChannelsLast);
 
   std::int64_t correct = 0;
