@@ -238,6 +238,31 @@ TEST_F(FerPredict, NoDetectClassifiesTheWholePicturePreprocessedLikeTraining) {
   }
 }
 
+// A model with BatchNorm affine parameters away from 1/0 and running statistics of `x` (so
+// folding them into the convolutions matters), and classifier rows without their common part,
+// scaled to logits of standard deviation 2 on `x` (as tests/unit/predict_video_test.cpp
+// explains): probabilities that follow the input, neither uniform nor saturated, which a mirror
+// or a shifted crop changes. Evaluation mode.
+ResNet9 model_with_input_dependent_probabilities(const ResNet9Options& options,
+                                                 const torch::Tensor& x) {
+  torch::manual_seed(11);
+  ResNet9 model(options);
+  torch::NoGradGuard no_grad;
+  auto params = model->named_parameters();
+  for (auto& p : params) {
+    if (p.key().find(".1.weight") != std::string::npos) p.value().normal_(1.0, 0.2);
+    if (p.key().find(".1.bias") != std::string::npos) p.value().normal_(0.0, 0.1);
+  }
+  model->train();
+  for (int i = 0; i < 50; ++i) model->forward(x);  // running statistics -> these faces'
+  model->eval();
+  torch::Tensor weight = params["classifier.weight"];
+  weight.sub_(weight.mean(1, /*keepdim=*/true));
+  params["classifier.bias"].zero_();
+  weight.mul_(2.0 / model->forward(x).std().item<double>());
+  return model;
+}
+
 // --tta flip / ten_crop: the probabilities fer-predict prints (fused forward, BatchNorm folded)
 // are the trainer's evaluation TTA (tta_log_probs on the module, as train/evaluation.cpp calls
 // it, with fer-dist-train --eval-only's pad) of the same preprocessed faces, and differ from
@@ -266,28 +291,7 @@ TEST_F(FerPredict, TtaGivesTheTrainersTestTimeAugmentation) {
   const torch::Tensor x =
       torch::from_blob(input.data(), {static_cast<std::int64_t>(crops.size()), 1, 48, 48});
 
-  // A model with BatchNorm affine parameters away from 1/0 and running statistics of real
-  // inputs (so folding them into the convolutions matters), and classifier rows without their
-  // common part, scaled to logits of standard deviation 2 (as tests/unit/predict_video_test.cpp
-  // explains): probabilities that follow the input, neither uniform nor saturated, which a mirror
-  // or a shifted crop changes.
-  torch::manual_seed(11);
-  ResNet9 model(meta.model);
-  {
-    torch::NoGradGuard no_grad;
-    auto params = model->named_parameters();
-    for (auto& p : params) {
-      if (p.key().find(".1.weight") != std::string::npos) p.value().normal_(1.0, 0.2);
-      if (p.key().find(".1.bias") != std::string::npos) p.value().normal_(0.0, 0.1);
-    }
-    model->train();
-    for (int i = 0; i < 50; ++i) model->forward(x);  // running statistics -> these faces'
-    model->eval();
-    torch::Tensor weight = params["classifier.weight"];
-    weight.sub_(weight.mean(1, /*keepdim=*/true));
-    params["classifier.bias"].zero_();
-    weight.mul_(2.0 / model->forward(x).std().item<double>());
-  }
+  ResNet9 model = model_with_input_dependent_probabilities(meta.model, x);
   save_checkpoint(root / "tta_model.pt", model, nullptr, meta);
 
   // probability[tta][image][label] as fer-predict printed it.
